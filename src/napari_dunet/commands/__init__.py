@@ -1,0 +1,1 @@
+"""Subcommands of the ``dunet`` command line (see ``napari_dunet.cli``)."""

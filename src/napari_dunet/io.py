@@ -1,0 +1,222 @@
+"""NIfTI reading and writing, and discovery of cases in ATLAS folder layouts.
+
+Affine and header travel with the data (``Volume``) so that masks written back line up with
+the scan in every other tool (qform/sform codes survive). Writes are atomic: a temporary file
+beside the target is renamed over it only once complete.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+
+from .errors import InputError, OutputExistsError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class Volume:
+    """A 3D array with the affine and header of the file it came from (or will go to)."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header = field(default_factory=nib.Nifti1Header)
+    path: Path | None = None
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float]:
+        """Voxel edge lengths in mm, from the affine."""
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(path: str | os.PathLike) -> str:
+    """File name without ``.nii``/``.nii.gz``."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def load_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
+    """Read a 3D NIfTI (a 4D file with a singleton 4th axis is accepted).
+
+    Raises ``InputError`` for a missing, non-NIfTI, truncated or corrupt file, a volume that is
+    not 3D, has no slices, or (``check_finite``) contains NaN/Inf voxels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file.")
+    if not is_nifti(path):
+        raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz).")
+    try:
+        img = nib.load(str(path))
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise InputError(f"{path}: not a NIfTI-1/2 image.")
+        data = np.asanyarray(img.dataobj)
+    except InputError:
+        raise
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile,
+            nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path}: cannot read the file ({exc}); it may be truncated or corrupt.") from exc
+    return Volume(as_3d(data, path, check_finite), img.affine.copy(), img.header.copy(), path)
+
+
+def as_3d(data: np.ndarray, source: object = "volume", check_finite: bool = True) -> np.ndarray:
+    """Validate an array as a 3D volume (a singleton 4th axis is dropped)."""
+    data = np.asarray(data)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        kind = "a 4D series" if data.ndim == 4 else f"{data.ndim}D"
+        raise InputError(f"{source}: expected a 3D volume, got {kind} with shape {data.shape}.")
+    if min(data.shape) < 1:
+        raise InputError(f"{source}: the volume has no voxels (shape {data.shape}).")
+    if check_finite and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        bad = int(np.size(data) - np.isfinite(data).sum())
+        raise InputError(f"{source}: {bad} voxels are NaN or infinite; fix or mask them first.")
+    return data
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None],
+                 overwrite: bool = False) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    Nothing is left behind if ``write`` fails; an existing ``path`` is kept unless ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite (or choose another name).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path
+
+
+def save_volume(data: np.ndarray, reference: Volume, path: str | os.PathLike, *,
+                dtype: type = np.uint8, overwrite: bool = False) -> Path:
+    """Write ``data`` on the reference's grid with its affine **and header** (codes preserved)."""
+    data = np.asarray(data)
+    if data.shape != reference.data.shape[:3]:
+        raise InputError(f"cannot save an array of shape {data.shape} on a grid of shape "
+                         f"{reference.data.shape[:3]}.")
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    if dtype == np.uint8:
+        header.set_slope_inter(1, 0)
+    img = nib.Nifti1Image(data.astype(dtype), reference.affine, header)
+    # keep the reference's qform/sform codes (nibabel would reset them from the affine alone)
+    img.set_qform(reference.affine, int(reference.header["qform_code"]) or 1)
+    img.set_sform(reference.affine, int(reference.header["sform_code"]) or 1)
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite)
+
+
+def save_mask(mask: np.ndarray, reference: Volume, path: str | os.PathLike, *,
+              overwrite: bool = False) -> Path:
+    """Write a binary mask as uint8 0/1 aligned with ``reference``."""
+    return save_volume(np.asarray(mask) > 0, reference, path, dtype=np.uint8, overwrite=overwrite)
+
+
+def load_mask(path: str | os.PathLike) -> Volume:
+    """Read a mask; values > 0.5 are lesion (data returned as uint8 0/1)."""
+    vol = load_volume(path)
+    vol.data = (vol.data > 0.5).astype(np.uint8)
+    return vol
+
+
+# ---- case discovery -----------------------------------------------------------------------
+
+@dataclass
+class Case:
+    """One scan: its T1 image and the lesion mask files (united) if any."""
+
+    name: str
+    image: Path
+    masks: list[Path] = field(default_factory=list)
+
+    def load_mask(self, reference: Volume | None = None) -> Volume | None:
+        """The union of the mask files, or None if the case has none."""
+        if not self.masks:
+            return None
+        vols = [load_mask(p) for p in self.masks]
+        shape = (reference.data.shape if reference is not None else vols[0].data.shape)
+        for p, v in zip(self.masks, vols):
+            if v.data.shape != shape:
+                raise InputError(f"{p}: mask shape {v.data.shape} differs from the image's {shape}.")
+        union = np.logical_or.reduce([v.data > 0 for v in vols]).astype(np.uint8)
+        return Volume(union, vols[0].affine, vols[0].header, self.masks[0])
+
+
+_MASK_WORDS = re.compile(r"(_mask|lesion|_label|_seg|_roi)", re.IGNORECASE)
+_BIDS_T1 = re.compile(r"_T1w$")
+
+
+def is_mask_name(path: str | os.PathLike) -> bool:
+    """True for file names that denote lesion masks (BIDS ``_mask``, ``lesion``, ``_label`` ...)."""
+    return bool(_MASK_WORDS.search(strip_nifti_suffix(path)))
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """Case identifier from a file name: BIDS ``sub-X_ses-Y`` entities, else the stem."""
+    stem = strip_nifti_suffix(path)
+    entities = re.findall(r"(sub-[A-Za-z0-9]+|ses-[A-Za-z0-9]+)", stem)
+    if entities:
+        return "_".join(dict.fromkeys(entities))
+    return _MASK_WORDS.split(stem)[0].rstrip("_-") or stem
+
+
+def find_cases(root: str | os.PathLike) -> list[Case]:
+    """Cases under ``root``: a single NIfTI file, or a folder in ATLAS v2.0 BIDS, R1.1, or flat layout.
+
+    Images are the NIfTI files whose names are not mask names; masks are matched to the image in
+    the same folder (BIDS: same ``sub``/``ses``; R1.1: every lesion file of the case folder).
+    """
+    root = Path(root)
+    if root.is_file():
+        return [Case(case_name(root), root, [])]
+    if not root.is_dir():
+        raise InputError(f"{root}: no such file or folder.")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p)
+                   and not p.name.startswith("."))
+    images = [p for p in files if not is_mask_name(p)]
+    masks = [p for p in files if is_mask_name(p)]
+    cases = []
+    for image in images:
+        key = case_name(image)
+        siblings = [m for m in masks if m.parent == image.parent or image.parent in m.parents]
+        same_case = [m for m in siblings if case_name(m) == key]
+        n_images_here = sum(1 for i in images if i.parent == image.parent)
+        # R1.1 layout: one T1 per folder with several lesion files named differently
+        chosen = same_case or (siblings if n_images_here == 1 else [])
+        cases.append(Case(key, image, chosen))
+    if not cases:
+        raise InputError(f"{root}: no NIfTI images found.")
+    return cases
