@@ -28,7 +28,7 @@ def make_head(shape=(40, 48, 12), seed=0) -> tuple[np.ndarray, np.ndarray]:
     lesion_centre = centre + np.array([shape[0] * 0.15, shape[1] * 0.1, 0])
     d = ((grid - lesion_centre[:, None, None, None]) ** 2).sum(0)
     mask = ((d < (min(shape[:2]) * 0.12) ** 2) & (head > 0)).astype(np.uint8)
-    image = 600 * head - 400 * mask + rng.normal(0, 10, shape)
+    image = 600 * head - 400 * mask.astype(np.float32) + rng.normal(0, 10, shape)
     return np.clip(image, 0, None).astype(np.int16), mask
 
 
