@@ -13,7 +13,7 @@ import sys
 from . import __version__
 from .errors import DunetError
 
-SUBCOMMANDS = ("models", "segment")
+SUBCOMMANDS = ("models", "segment", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
