@@ -1,0 +1,397 @@
+"""The "Segment lesion" dock widget: T1 Image layer -> editable lesion Labels layer.
+
+The network runs in a napari thread worker (the viewer stays responsive) with a progress bar
+and Cancel. The result is a Labels layer on exactly the image's voxel grid, ready to paint; its
+probabilities are kept so that moving the threshold re-thresholds without running the network
+again. A mask the user has edited is never overwritten: a new run then makes a new layer.
+torch is imported only in the worker, when a run starts.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import napari
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label,
+                              ProgressBar, PushButton, RadioButtons)
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from superqt.utils import ensure_main_thread
+
+from .. import model_store
+from ..errors import Cancelled, DunetError, InputError
+from ..io import Volume, strip_nifti_suffix
+from ..layers import has_nifti_metadata, layer_volume, same_grid_kwargs
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+WHOLE, CURRENT_SLICE = "whole volume", "current slice"
+BRUSH_MM = 5.0
+ROLE = "dunet_role"  # metadata key marking the layers this widget made
+
+
+@dataclass
+class SegmentJob:
+    """What a run needs, collected in the GUI thread (no napari objects)."""
+
+    volume: Volume
+    device: str = "auto"
+    point: tuple[int, ...] | None = None  # voxel of the current position: segment its axial slice
+    sliced_axes: tuple[int, ...] = ()  # array axes the viewer is slicing along (2D view)
+    batch_size: int = 16
+
+
+@dataclass
+class SegmentOutcome:
+    probability: np.ndarray
+    slice_range: tuple[int, int] | None
+    notes: list[str] = field(default_factory=list)
+
+
+def segment_volume(job: SegmentJob, progress: Callable[[int, int], None] | None = None,
+                   cancel: Callable[[], bool] | None = None) -> SegmentOutcome:
+    """Run the current checkpoint on ``job.volume`` (Qt-free; runs in the worker thread).
+
+    A GPU that runs out of memory even one slice at a time is left for the CPU, with a note.
+    """
+    import torch
+
+    from ..inference import predict_volume, resolve_device
+    from ..preprocessing import SliceGeometry
+
+    try:
+        device = resolve_device(job.device)
+    except DunetError:
+        raise DunetError(f"The device {job.device!r} is not available on this computer; "
+                         "choose 'auto' or 'cpu'.") from None
+    model, _ = model_store.load_model(device)
+    notes, slice_range = [], None
+    if job.point is not None:
+        geometry = SliceGeometry.for_volume(job.volume.data.shape, job.volume.affine)
+        axis = geometry.axial_axis
+        index = int(np.clip(job.point[axis], 0, geometry.n_slices - 1))
+        first = geometry.axial_index(index)
+        slice_range = (first, first + 1)
+        if job.sliced_axes and axis not in job.sliced_axes:
+            notes.append(f"The view does not show axial slices: segmented the axial slice through "
+                         f"the current point (voxel {index} along axis {axis}). Use 'whole "
+                         "volume', or slice along that axis, to see more.")
+    run = dict(batch_size=job.batch_size, slice_range=slice_range, progress=progress, cancel=cancel)
+    try:
+        probability = predict_volume(job.volume, model, device=device, **run)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if device.type == "cpu" or "out of memory" not in str(exc).lower():
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        notes.append(f"The {device.type.upper()} device ran out of memory, so this run used the "
+                     "CPU instead (slower).")
+        probability = predict_volume(job.volume, model, device="cpu", **run)
+    return SegmentOutcome(probability, slice_range, notes)
+
+
+@dataclass
+class _Result:
+    """The last run's output, kept for re-thresholding."""
+
+    image: Any
+    labels: Any
+    volume: Volume
+    probability: np.ndarray
+    threshold: float
+    slice_range: tuple[int, int] | None
+
+    def mask(self, threshold: float | None = None) -> np.ndarray:
+        from ..segmentation import threshold_mask
+
+        return threshold_mask(self.probability, self.threshold if threshold is None else threshold)
+
+    def edited(self) -> bool:
+        """True when the labels differ from what the network gave (the user painted on them)."""
+        return not np.array_equal(np.asarray(self.labels.data), self.mask())
+
+
+class SegmentWidget(Container):
+    """Segment a stroke lesion in a 3D T1 Image layer with the current D-UNet checkpoint."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self._image = ComboBox(label="Image", choices=self._image_choices,
+                               tooltip="A 3D T1-weighted Image layer")
+        current = model_store.current_checkpoint()
+        self._weights = FileEdit(label="Weights", mode="r", filter="*.safetensors",
+                                 value=current or "",
+                                 tooltip="D-UNet checkpoint (.safetensors); default: bundled weights")
+        self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
+        self._scope = RadioButtons(label="Segment", choices=(WHOLE, CURRENT_SLICE), value=WHOLE,
+                                   orientation="horizontal",
+                                   tooltip="'current slice': only the axial slice at the cursor")
+        self._threshold = FloatSlider(label="Threshold", min=0.01, max=0.99, step=0.01, value=0.5,
+                                      tracking=False,
+                                      tooltip="Probability above which a voxel is lesion")
+        self._show_probability = CheckBox(text="Show probability map", value=False)
+        self._run = PushButton(text="Segment lesion")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
+        self._summary = Label(label="Lesion", value="-")
+        self._save = PushButton(text="Save mask...", tooltip="Write the lesion layer as NIfTI, "
+                                "aligned with the scan it was drawn on")
+        self.extend([self._image, self._weights, self._device, self._scope, self._threshold,
+                     self._show_probability, self._run, self._cancel, self._progress,
+                     self._summary, self._save])
+
+        self._last: _Result | None = None
+        self._running: tuple[Any, SegmentJob] | None = None  # (image layer, job) of the run
+        self._cancel_requested = threading.Event()
+        self._worker = None
+        self._axial_view_set = False
+
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.cancel)
+        self._threshold.changed.connect(self._rethreshold)
+        self._weights.changed.connect(self._weights_chosen)
+        self._save.changed.connect(self._save_clicked)
+        layer_events = viewer.layers.events
+        for event in (layer_events.inserted, layer_events.removed, layer_events.moved):
+            event.connect(self._layers_changed)
+        self._unsubscribe = model_store.subscribe(self._checkpoint_changed)
+        self.native.destroyed.connect(self._closed)
+        self._layers_changed()
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, napari.layers.Image)]
+
+    def _layers_changed(self, _event: Any = None) -> None:
+        self._image.reset_choices()
+        active = self._viewer.layers.selection.active
+        if isinstance(active, napari.layers.Image):
+            self._image.value = active
+        if not self._axial_view_set and any(
+                has_nifti_metadata(layer.metadata) for layer in self._viewer.layers):
+            show_axial(self._viewer)
+            self._axial_view_set = True
+
+    def _weights_chosen(self, value: Any) -> None:
+        path = Path(value) if value and str(value) not in ("", ".") else None
+        model_store.set_checkpoint(path)
+
+    def _checkpoint_changed(self, path: Path | None) -> None:
+        with self._weights.changed.blocked():
+            self._weights.value = path or model_store.current_checkpoint() or ""
+
+    def _closed(self, *_: Any) -> None:
+        self._cancel_requested.set()
+        self._unsubscribe()
+
+    def _job(self) -> SegmentJob:
+        """Check the inputs and collect a run's job; raises ``DunetError`` with what to fix."""
+        image = self._image.value
+        if image is None:
+            raise InputError("Open a T1 image first (File > Open, or File > Open Sample > "
+                             "napari-dunet), then choose it as the Image.")
+        if image.rgb or image.multiscale or image.ndim != 3:
+            kind = "an RGB image" if image.rgb else ("a multiscale image" if image.multiscale
+                                                     else f"{image.ndim}D")
+            raise InputError(f"'{image.name}' is {kind}; lesion segmentation needs a 3D "
+                             "(single-channel) T1 volume.")
+        if model_store.current_checkpoint() is None:
+            raise InputError("Choose a weights file (.safetensors): no weights are bundled yet.")
+        volume = layer_volume(image.data, image.metadata, _transform(image))
+        point, sliced = None, ()
+        if self._scope.value == CURRENT_SLICE:
+            position = image.world_to_data(self._viewer.dims.point)
+            point = tuple(int(round(float(v))) for v in position[-3:])
+            if self._viewer.dims.ndisplay == 2:
+                sliced = tuple(self._viewer.dims.not_displayed)
+        return SegmentJob(volume, self._device.value, point, sliced)
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Start a segmentation in a worker thread (inputs are checked first)."""
+        if self._worker is not None:
+            return
+        try:
+            job = self._job()
+        except DunetError as exc:
+            show_warning(str(exc))
+            return
+        self._running = (self._image.value, job)
+        self._cancel_requested.clear()
+        self._set_running(True)
+        self._worker = create_worker(
+            segment_volume, job, progress=ensure_main_thread(self._show_progress),
+            cancel=self._cancel_requested.is_set,
+            _connect={"returned": self._finished_run, "errored": self._failed,
+                      "finished": lambda: self._set_running(False)})
+
+    def cancel(self) -> None:
+        """Ask the running segmentation to stop; no layer is added."""
+        self._cancel_requested.set()
+        self._cancel.enabled = False
+
+    def _set_running(self, running: bool) -> None:
+        if not running:
+            self._worker = None
+        self._run.enabled = not running
+        self._cancel.enabled = running
+        self._progress.visible = running
+        self._progress.value = 0
+
+    def _show_progress(self, done: int, total: int) -> None:
+        self._progress.max = max(total, 1)
+        self._progress.value = done
+
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, Cancelled):
+            show_info("Segmentation cancelled; no layer was added.")
+        elif isinstance(exc, DunetError):
+            show_error(str(exc))
+        elif isinstance(exc, MemoryError):
+            show_error("Not enough memory to segment this volume.")
+        else:
+            show_error(f"Segmentation failed: {type(exc).__name__}: {exc}")
+
+    def _finished_run(self, outcome: SegmentOutcome) -> None:
+        image, job = self._running
+        if image not in self._viewer.layers:
+            show_info(f"'{image.name}' was closed during the run; the result was discarded.")
+            return
+        result = _Result(image, None, job.volume, outcome.probability,
+                         float(self._threshold.value), outcome.slice_range)
+        result.labels = self._labels_for(image, result.mask())
+        self._last = result
+        if self._show_probability.value or self._probability_layer(image) is not None:
+            self._update_probability(image, outcome.probability)
+        self._viewer.layers.selection.active = result.labels
+        self._report()
+        for note in outcome.notes:
+            show_info(note)
+
+    # -- results ---------------------------------------------------------------------------
+    def _labels_for(self, image: Any, mask: np.ndarray) -> Any:
+        """The previous result layer if it is unedited (its data replaced), else a new layer."""
+        last = self._last
+        if (last is not None and last.image is image and last.labels in self._viewer.layers
+                and not last.edited()):
+            last.labels.data = mask
+            return last.labels
+        labels = self._viewer.add_labels(
+            mask, name=f"{image.name} lesion", opacity=0.6,
+            metadata={**image.metadata, ROLE: "lesion mask", "source_layer": image.name},
+            **same_grid_kwargs(image))
+        if last is not None and last.labels in self._viewer.layers and last.image is image:
+            show_info(f"'{last.labels.name}' has your edits, so it was kept; the new result "
+                      f"is '{labels.name}'.")
+        labels.colormap = {0: "transparent", 1: "#ff4040", None: "#ffd000"}
+        labels.selected_label = 1
+        labels.brush_size = BRUSH_MM
+        labels.mode = "paint"
+        labels.events.paint.connect(self._report)
+        return labels
+
+    def _probability_layer(self, image: Any) -> Any:
+        for layer in self._viewer.layers:
+            if layer.metadata.get(ROLE) == "probability" and layer.metadata.get("source_layer") == image.name:
+                return layer
+        return None
+
+    def _update_probability(self, image: Any, probability: np.ndarray) -> None:
+        layer = self._probability_layer(image)
+        if layer is not None:
+            layer.data = probability
+            return
+        self._viewer.add_image(
+            probability, name=f"{image.name} lesion probability", colormap="inferno",
+            contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7,
+            metadata={**image.metadata, ROLE: "probability", "source_layer": image.name},
+            **same_grid_kwargs(image))
+
+    def _rethreshold(self, value: float) -> None:
+        last = self._last
+        if last is None or last.labels not in self._viewer.layers:
+            return
+        if last.edited():
+            show_info(f"'{last.labels.name}' was edited by hand, so the new threshold was not "
+                      "applied to it; it will apply to the next run (in a new layer).")
+            return
+        last.threshold = float(value)
+        last.labels.data = last.mask()
+        self._report()
+
+    def _report(self, _event: Any = None) -> None:
+        """Show lesion volume (mL) and number of lesions (6-connected components)."""
+        last = self._last
+        if last is None or last.labels not in self._viewer.layers:
+            self._summary.value = "-"
+            return
+        from ..metrics import label_components
+        from ..segmentation import lesion_volume_ml
+
+        mask = np.asarray(last.labels.data) > 0
+        ml = lesion_volume_ml(mask, last.volume)
+        count = label_components(mask)[1]
+        text = f"{ml:.2f} mL in {count} lesion{'s' if count != 1 else ''}"
+        if last.slice_range is not None:
+            text += f" (axial slice {last.slice_range[0]} only)"
+        self._summary.value = text
+
+    # -- saving ----------------------------------------------------------------------------
+    def _save_clicked(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        layer = self._labels_to_save()
+        if layer is None:
+            show_warning("There is no lesion layer to save: run a segmentation or select a "
+                         "Labels layer.")
+            return
+        source = layer.metadata.get("path")
+        folder = Path(source).parent if source else Path.cwd()
+        stem = strip_nifti_suffix(source) if source else layer.name.replace(" ", "_")
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Save lesion mask", str(folder / f"{stem}_lesion_mask.nii.gz"),
+            "NIfTI (*.nii.gz *.nii)")
+        if path:
+            self.save_mask(layer, path)
+
+    def _labels_to_save(self) -> Any:
+        active = self._viewer.layers.selection.active
+        if isinstance(active, napari.layers.Labels):
+            return active
+        if self._last is not None and self._last.labels in self._viewer.layers:
+            return self._last.labels
+        return None
+
+    def save_mask(self, layer: Any, path: str | Path) -> Path | None:
+        """Write ``layer`` as a NIfTI mask aligned with its scan; errors become notifications."""
+        from .._writer import write_labels
+
+        try:
+            written = Path(write_labels(path, layer.data, {"metadata": layer.metadata,
+                                                           **_transform(layer)})[0])
+        except (DunetError, OSError, ValueError) as exc:
+            show_error(f"Could not save the mask to {path}: {exc}")
+            return None
+        show_info(f"Saved {written}")
+        return written
+
+
+def _transform(layer: Any) -> dict[str, Any]:
+    """A layer's napari transform as writer-style attributes."""
+    kwargs = same_grid_kwargs(layer)
+    kwargs.pop("units")
+    return kwargs
+
+
+def show_axial(viewer: napari.viewer.Viewer) -> None:
+    """Slice along world axis 2 (inferior-superior), anterior up and the patient's right on the
+    right (neurological convention), for RAS+ layers such as those this plugin reads."""
+    if viewer.dims.ndim != 3:
+        return
+    viewer.dims.order = (2, 1, 0)
+    viewer.camera.orientation2d = ("up", "right")
