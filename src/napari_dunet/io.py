@@ -133,9 +133,13 @@ def save_volume(data: np.ndarray, reference: Volume, path: str | os.PathLike, *,
     if dtype == np.uint8:
         header.set_slope_inter(1, 0)
     img = nib.Nifti1Image(data.astype(dtype), reference.affine, header)
-    # keep the reference's qform/sform codes (nibabel would reset them from the affine alone)
-    img.set_qform(reference.affine, int(reference.header["qform_code"]) or 1)
-    img.set_sform(reference.affine, int(reference.header["sform_code"]) or 1)
+    # the reference's qform/sform codes, exactly; a reference without either (an array that
+    # never came from a file) gets "aligned" (2) so other tools still read the affine
+    qcode, scode = int(reference.header["qform_code"]), int(reference.header["sform_code"])
+    if qcode == scode == 0:
+        qcode = scode = 2
+    img.set_qform(reference.affine, qcode)
+    img.set_sform(reference.affine, scode)
     return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite)
 
 

@@ -1,0 +1,102 @@
+"""``dunet segment`` end to end on a real T1, and every bad input it must refuse cleanly."""
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_dunet.cli import main
+from napari_dunet.commands import segment as segment_command
+
+
+def run(capsys, *args):
+    code = main(["segment", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_segment_real_t1_end_to_end(shared_data, random_checkpoint, tmp_path, capsys):
+    code, out, err = run(capsys, shared_data / "ch2.nii.gz", "-o", tmp_path,
+                         "--weights", random_checkpoint, "--device", "cpu", "--save-prob")
+    assert code == 0, err
+    src = nib.load(shared_data / "ch2.nii.gz")
+    mask = nib.load(tmp_path / "ch2_mask.nii.gz")
+    prob = nib.load(tmp_path / "ch2_prob.nii.gz")
+    assert mask.shape == src.shape and mask.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(mask.affine, src.affine)
+    for code_name in ("qform_code", "sform_code"):
+        assert mask.header[code_name] == src.header[code_name]
+    data = np.asarray(mask.dataobj)
+    assert set(np.unique(data)) <= {0, 1}
+    np.testing.assert_array_equal(data, np.asarray(prob.dataobj) >= 0.5)
+    row = next(line for line in out.splitlines() if line.startswith("ch2 "))
+    assert float(row.split()[1]) == pytest.approx(data.sum() / 1000, abs=0.01)
+
+
+@pytest.fixture
+def inputs(tmp_path, small_nifti):
+    d = tmp_path / "bad"
+    d.mkdir()
+    affine = np.eye(4)
+    nib.save(nib.Nifti1Image(np.ones((8, 8), np.float32), affine), d / "flat.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8, 3), np.float32), affine), d / "series.nii.gz")
+    nan = np.ones((8, 8, 8), np.float32)
+    nan[0, 0, 0] = np.inf
+    nib.save(nib.Nifti1Image(nan, affine), d / "nan.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), affine), d / "zeros.nii.gz")
+    (d / "notes.txt").write_text("not an image")
+    raw = small_nifti[0].read_bytes()
+    (d / "cut.nii.gz").write_bytes(raw[: len(raw) // 3])
+    return d
+
+
+@pytest.mark.parametrize("name,message", [
+    ("notes.txt", "not a NIfTI"), ("flat.nii.gz", "expected a 3D volume"),
+    ("series.nii.gz", "4D"), ("nan.nii.gz", "NaN or infinite"), ("zeros.nii.gz", "empty"),
+    ("cut.nii.gz", "truncated or corrupt")])
+def test_bad_input_one_line_exit_2_nothing_written(inputs, random_checkpoint, tmp_path, capsys,
+                                                   name, message):
+    out_dir = tmp_path / "out"
+    code, _, err = run(capsys, inputs / name, "-o", out_dir, "--weights", random_checkpoint,
+                       "--device", "cpu")
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_bad_weights(small_nifti, tmp_path, capsys):
+    junk = tmp_path / "w.safetensors"
+    junk.write_bytes(b"garbage" * 10)
+    code, _, err = run(capsys, small_nifti[0], "-o", tmp_path / "o", "--weights", junk)
+    assert code == 2 and "checkpoint" in err
+    code, _, err = run(capsys, small_nifti[0], "-o", tmp_path / "o", "--weights", tmp_path / "no")
+    assert code == 2 and "no such checkpoint" in err
+
+
+def test_missing_weights_without_default(small_nifti, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(segment_command, "default_weights", lambda: None)
+    code, _, err = run(capsys, small_nifti[0], "-o", tmp_path / "o")
+    assert code == 2 and "--weights" in err
+
+
+def test_existing_output_needs_overwrite(small_nifti, random_checkpoint, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "sub-01_mask.nii.gz").write_bytes(b"edited by hand")
+    args = [small_nifti[0], "-o", out, "--weights", random_checkpoint, "--device", "cpu"]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "--overwrite" in err
+    assert (out / "sub-01_mask.nii.gz").read_bytes() == b"edited by hand"
+    code, _, _ = run(capsys, *args, "--overwrite")
+    assert code == 0 and nib.load(out / "sub-01_mask.nii.gz").shape == (40, 48, 12)
+
+
+def test_console_script_prints_no_traceback(tmp_path, random_checkpoint):
+    proc = subprocess.run([sys.executable, "-m", "napari_dunet.cli", "segment",
+                           str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path),
+                           "--weights", str(random_checkpoint)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "no such file" in proc.stderr
