@@ -139,21 +139,30 @@ def load_mask_files(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.
     return union, affine, notes
 
 
+def evaluate_against_files(pred: np.ndarray, pred_affine: np.ndarray | None,
+                           truth: Sequence[str | os.PathLike], *, name: str,
+                           connectivity: int = 6, pred_label: str = "the prediction") -> CaseResult:
+    """Evaluate a mask in memory against reference mask files (several files are united)."""
+    truth_data, truth_affine, truth_notes = load_mask_files(truth)
+    try:
+        result = evaluate_arrays(pred, truth_data, name=name, pred_affine=pred_affine,
+                                 truth_affine=truth_affine, connectivity=connectivity,
+                                 pred_label=pred_label,
+                                 truth_label="reference " + ", ".join(str(p) for p in truth))
+    except InputError as exc:
+        raise InputError(f"case {name}: {exc}") from exc
+    result.notes[:0] = truth_notes
+    return result
+
+
 def evaluate_files(pred: Sequence[str | os.PathLike], truth: Sequence[str | os.PathLike], *,
                    name: str | None = None, connectivity: int = 6) -> CaseResult:
     """Evaluate one case from files (several files on one side are united, as in ATLAS R1.1)."""
-    name = name or case_name(truth[0])
     pred_data, pred_affine, pred_notes = load_mask_files(pred)
-    truth_data, truth_affine, truth_notes = load_mask_files(truth)
-    pred_label = "prediction " + ", ".join(str(p) for p in pred)
-    truth_label = "reference " + ", ".join(str(p) for p in truth)
-    try:
-        result = evaluate_arrays(pred_data, truth_data, name=name, pred_affine=pred_affine,
-                                 truth_affine=truth_affine, connectivity=connectivity,
-                                 pred_label=pred_label, truth_label=truth_label)
-    except InputError as exc:
-        raise InputError(f"case {name}: {exc}") from exc
-    result.notes[:0] = pred_notes + truth_notes
+    result = evaluate_against_files(pred_data, pred_affine, truth, name=name or case_name(truth[0]),
+                                    connectivity=connectivity,
+                                    pred_label="prediction " + ", ".join(str(p) for p in pred))
+    result.notes[:0] = pred_notes
     return result
 
 

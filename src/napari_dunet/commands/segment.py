@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only
+    from ..io import Case
+    from ..segmentation import SegmentationResult
 
 HELP = "Segment stroke lesions in T1 volumes (files or BIDS/ATLAS folders)."
 
@@ -56,11 +61,35 @@ def run(args: argparse.Namespace) -> int:
         for p in (mask_path, prob_path):
             if p is not None and p.exists() and not args.overwrite:
                 raise InputError(f"{p} exists; pass --overwrite to replace it.")
-    print(f"{'case':<32} {'lesion mL':>10}  mask")
+    scored = any(case.masks for case in cases)  # reference masks beside the inputs: score them
+    score_titles = f" {'DSC':>6} {'prec.':>6} {'recall':>6} {'true mL':>8}" if scored else ""
+    print(f"{'case':<32} {'lesion mL':>10}{score_titles}  mask")
     for case in cases:
         result = segment_case(case.image, model, args.output, threshold=threshold,
                               device=device, batch_size=args.batch_size,
                               save_prob=args.save_prob, overwrite=args.overwrite, name=case.name)
-        print(f"{case.name:<32} {result.lesion_ml:>10.2f}  {result.mask_path}")
+        scores = score_case(case, result) if scored else ""
+        print(f"{case.name:<32} {result.lesion_ml:>10.2f}{scores}  {result.mask_path}")
         sys.stdout.flush()
     return 0
+
+
+def score_case(case: Case, result: SegmentationResult) -> str:
+    """DSC, precision, recall and reference volume of a new mask against the case's own masks
+    (blank columns when it has none or they cannot be used; the reason goes to stderr)."""
+    from ..errors import DunetError
+    from ..evaluation import evaluate_against_files
+
+    blank = f" {'':>6} {'':>6} {'':>6} {'':>8}"
+    if not case.masks:
+        return blank
+    try:
+        scored = evaluate_against_files(result.mask, result.volume.affine, case.masks,
+                                        name=case.name, pred_label="the new mask")
+    except DunetError as exc:
+        print(f"dunet segment: warning: not scored: {exc}", file=sys.stderr)
+        return blank
+    for note in scored.notes:
+        print(f"dunet segment: warning: {case.name}: {note}", file=sys.stderr)
+    m = scored.metrics
+    return f" {m.dsc:>6.3f} {m.precision:>6.3f} {m.recall:>6.3f} {m.truth_ml:>8.2f}"
