@@ -100,3 +100,29 @@ def test_console_script_prints_no_traceback(tmp_path, random_checkpoint):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "no such file" in proc.stderr
+
+
+def test_segment_a_bids_folder(tmp_path, random_checkpoint, capsys):
+    from conftest import make_head
+
+    root = tmp_path / "bids"
+    for i, sub in enumerate(("r001s001", "r001s002")):
+        anat = root / f"sub-{sub}" / "ses-1" / "anat"
+        anat.mkdir(parents=True)
+        image, mask = make_head(seed=i)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), anat / f"sub-{sub}_ses-1_T1w.nii.gz")
+        nib.save(nib.Nifti1Image(mask, np.eye(4)),
+                 anat / f"sub-{sub}_ses-1_label-L_desc-T1lesion_mask.nii.gz")
+    code, out, err = run(capsys, root, "-o", tmp_path / "out", "--weights", random_checkpoint,
+                         "--device", "cpu", "--threshold", "0.3")
+    assert code == 0, err
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["sub-r001s001_ses-1_mask.nii.gz", "sub-r001s002_ses-1_mask.nii.gz"]
+    assert "sub-r001s002_ses-1" in out
+
+
+@pytest.mark.parametrize("value", ["0", "1.5"])
+def test_threshold_out_of_range(small_nifti, random_checkpoint, tmp_path, capsys, value):
+    code, _, err = run(capsys, small_nifti[0], "-o", tmp_path / "o", "--weights",
+                       random_checkpoint, "--threshold", value)
+    assert code == 2 and "--threshold" in err
