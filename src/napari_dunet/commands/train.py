@@ -1,0 +1,129 @@
+"""``dunet train``: train or fine-tune a model on labelled cases; multi-GPU with ``torchrun``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HELP = "Train or fine-tune a model on T1 images with lesion masks (files or BIDS/ATLAS folders)."
+
+EPILOG = """\
+The paper's recipe: --optimizer sgd --lr 1e-4 --batch-size 36 --epochs 150 (augmentation is on
+by default). Fine-tuning: --init CHECKPOINT (Adam, lr 1e-4 by default). Several GPUs or nodes:
+torchrun --nproc_per_node N -m napari_dunet.cli train ... (--batch-size is per process).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..training.config import TrainConfig
+
+    d = TrainConfig()
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--data", required=True, nargs="+", type=Path, metavar="DIR",
+                        help="folders of T1 images with lesion masks (ATLAS/BIDS, R1.1 or flat layout)")
+    parser.add_argument("--out", required=True, type=Path, metavar="CHECKPOINT",
+                        help="model to write (.safetensors); the resumable state goes beside it "
+                             "as NAME.state.safetensors")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of cases held out for validation (default 0.2; 0: none)")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help=f"stacks per step and process (default {d.batch_size})")
+    parser.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer,
+                        help="default adam")
+    parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default 0)")
+    parser.add_argument("--loss", choices=("eml", "focal", "dice"), default=d.loss, help="default eml")
+    parser.add_argument("--model", help="model name from `dunet models` (default: the --init "
+                                        "checkpoint's, else dunet)")
+    parser.add_argument("--init", type=Path, metavar="CHECKPOINT",
+                        help="start from these weights (fine-tuning)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the training saved beside --out")
+    parser.add_argument("--patience", type=int, default=d.patience,
+                        help=f"early stopping: epochs without a better validation DSC "
+                             f"(default {d.patience}; 0: off)")
+    parser.add_argument("--lesion-fraction", type=float, default=d.lesion_fraction,
+                        help=f"share of each batch from slices with lesion (default {d.lesion_fraction})")
+    parser.add_argument("--no-augment", dest="augment", action="store_false",
+                        help="no shift/zoom/rotation/flip augmentation")
+    parser.add_argument("--steps-per-epoch", type=int,
+                        help="default: head slices / (batch size x processes)")
+    parser.add_argument("--input-size", type=int, default=d.input_size,
+                        help=f"network input size (default {d.input_size}, the shipped models')")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false",
+                        help="train in float32 on GPUs too")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..inference import resolve_device
+    from ..training.config import TrainConfig
+    from ..training.data import find_training_cases, load_cases, split_cases
+    from ..training.distributed import Distributed
+    from ..training.engine import EpochMetrics, training_events
+    from ..training.state import state_path
+
+    if args.out.exists() and not (args.overwrite or args.resume):
+        raise InputError(f"{args.out} exists; pass --overwrite to replace it or --resume to "
+                         f"continue its training.")
+    if args.resume and not state_path(args.out).is_file():
+        raise InputError(f"nothing to resume: {state_path(args.out)} does not exist.")
+    config = TrainConfig(
+        model=args.model or _init_model(args.init), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
+        loss=args.loss, augment=args.augment, lesion_fraction=args.lesion_fraction,
+        patience=args.patience, seed=args.seed, input_size=args.input_size,
+        steps_per_epoch=args.steps_per_epoch, device=args.device,
+        mixed_precision=args.mixed_precision)
+    config.check()
+    device = resolve_device(args.device)
+    dist = Distributed.from_env(device.type)
+    try:
+        log = print if dist.is_main else (lambda *a, **k: None)
+        train_files, val_files = split_cases(find_training_cases(args.data), args.val_fraction,
+                                             args.seed)
+        if len(train_files) < dist.world_size:
+            raise InputError(f"{len(train_files)} training case(s) for {dist.world_size} "
+                             f"processes; every process needs at least one.")
+        log(f"{len(train_files)} training and {len(val_files)} validation cases; "
+            f"{dist.world_size} process(es) on {device.type}")
+        started = time.perf_counter()
+        train_cases = load_cases(dist.shard(train_files), config.input_size)
+        val_cases = load_cases(dist.shard(val_files), config.input_size)
+        log(f"prepared in {time.perf_counter() - started:.0f} s")
+        log(f"{'epoch':>5} {'loss':>9} {'val DSC':>8} {'global':>8} {'s':>7}  saved")
+        events = training_events(train_cases, val_cases, config, args.out, init=args.init,
+                                 resume=args.resume, dist=dist)
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if isinstance(event, EpochMetrics):
+                log(f"{event.epoch:>5} {event.train_loss:>9.4f} {_fmt(event.val_dsc):>8} "
+                    f"{_fmt(event.val_global_dsc):>8} {event.seconds:>7.1f}  "
+                    f"{'yes' if event.saved else ''}")
+                sys.stdout.flush()
+        log(result.message)
+    finally:
+        dist.close()
+    return 0
+
+
+def _init_model(init: Path | None) -> str:
+    from ..checkpoint import read_metadata
+    from ..models import DEFAULT_MODEL
+
+    return read_metadata(init)["model"] if init is not None else DEFAULT_MODEL
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

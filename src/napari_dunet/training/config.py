@@ -1,0 +1,61 @@
+"""Training options (torch-free, so that command-line parsing and widgets stay light)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+DEFAULT_MODEL = "dunet"  # models.DEFAULT_MODEL, without importing torch
+INPUT_SIZE = 192  # preprocessing.INPUT_SIZE, without importing torch
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what training does (stored in checkpoints as JSON)."""
+
+    model: str = DEFAULT_MODEL
+    epochs: int = 20
+    batch_size: int = 8  # stacks per step and process
+    lr: float = 1e-4
+    optimizer: str = "adam"  # "adam" (fine-tuning default) or "sgd" (paper)
+    momentum: float = 0.0  # SGD only; the authors' code uses none
+    loss: str = "eml"
+    augment: bool = True
+    lesion_fraction: float = 0.5  # share of each batch drawn from slices with lesion
+    patience: int = 10  # stop after this many epochs without a better validation DSC; 0: never
+    seed: int = 0
+    input_size: int = INPUT_SIZE
+    steps_per_epoch: int | None = None  # default: as many stacks as there are head slices
+    val_batch_size: int = 16
+    device: str = "auto"
+    mixed_precision: bool = True  # on CUDA only
+
+    def check(self) -> None:
+        """Raise ``InputError`` for values training cannot run with."""
+        from ..losses import LOSSES
+        from ..models import MODELS
+
+        problems = []
+        if self.model.lower() not in MODELS:
+            problems.append(f"unknown model {self.model!r} (choose one of: {', '.join(MODELS)})")
+        if self.loss.lower() not in LOSSES:
+            problems.append(f"unknown loss {self.loss!r} (choose one of: {', '.join(LOSSES)})")
+        if self.optimizer.lower() not in OPTIMIZERS:
+            problems.append(f"unknown optimizer {self.optimizer!r} (choose adam or sgd)")
+        if self.epochs < 1 or self.batch_size < 1 or self.val_batch_size < 1:
+            problems.append("epochs and batch sizes must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"the learning rate must be positive, got {self.lr}")
+        if not 0.0 <= self.lesion_fraction <= 1.0:
+            problems.append(f"the lesion fraction must be in [0, 1], got {self.lesion_fraction}")
+        if self.input_size < 16 or self.input_size % 16:
+            problems.append(f"the input size must be a multiple of 16, got {self.input_size}")
+        if self.patience < 0:
+            problems.append(f"patience must be 0 (off) or more epochs, got {self.patience}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            problems.append("steps per epoch must be at least 1")
+        if problems:
+            raise InputError("; ".join(problems) + ".")
