@@ -123,8 +123,8 @@ def is_label_data(data: np.ndarray, path: str | Path | None = None) -> bool:
         return True
     if path is None or not is_mask_name(path):
         return False
-    whole = data if np.issubdtype(data.dtype, np.integer) else np.equal(np.mod(data, 1), 0)
-    return bool(np.all(whole)) and float(data.min()) >= 0
+    whole = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data, 1) == 0))
+    return whole and float(data.min()) >= 0
 
 
 def layer_volume(data: np.ndarray, metadata: Mapping[str, Any] | None,
