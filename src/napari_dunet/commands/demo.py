@@ -1,0 +1,165 @@
+"""``dunet demo``: the whole job in one command on a sample case with a known lesion.
+
+Makes the case (a real lesion shape painted into the MNI152 template by ``napari_dunet.synth``,
+or the bundled sample scan when nilearn is missing), segments it, writes the mask, an overlay
+PNG and the metrics against the known lesion, and opens napari when a display is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+HELP = ("Segment a sample stroke case end to end: writes the mask, an overlay PNG and the metrics "
+        "against the known lesion, and shows them in napari.")
+QUICK_SLICES = 4
+NAME = "demo"
+TRUTH_COLORS = {0: "transparent", 1: "#33ff33", None: "#33ff33"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("dunet-demo"),
+                        help="output folder (default: ./dunet-demo)")
+    parser.add_argument("--weights", type=Path,
+                        help="checkpoint (.safetensors); default: the weights bundled with the package")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"segment only the {QUICK_SLICES} axial slices through the lesion centre "
+                             "(a fast check that everything works; metrics cover those slices' "
+                             "prediction against the whole lesion)")
+    parser.add_argument("--anatomy", default=None,
+                        help="'mni' or a T1 NIfTI file to paint the lesion into (default: the "
+                             "MNI152 template if nilearn is installed, else the bundled sample)")
+    parser.add_argument("--lesion", type=Path,
+                        help="lesion mask file to paint in (default: the bundled sample's lesion)")
+    parser.add_argument("--seed", type=int, default=0, help="appearance seed of the case")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--no-viewer", action="store_true", help="do not open napari")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def output_paths(out: Path) -> dict[str, Path]:
+    return {"image": out / f"{NAME}_T1w.nii.gz", "truth": out / f"{NAME}_truth_mask.nii.gz",
+            "mask": out / f"{NAME}_mask.nii.gz", "overlay": out / f"{NAME}_overlay.png",
+            "metrics": out / f"{NAME}_metrics.json"}
+
+
+def make_case(anatomy: str | None, lesion: Path | None, seed: int):
+    """(image Volume, known-lesion Volume, one-line description) of the demo case."""
+    import numpy as np
+
+    from .._sample_data import SAMPLE_IMAGE, SAMPLE_MASK
+    from ..io import load_mask, load_volume
+    from ..synth import load_anatomy, synthesize_case
+
+    if anatomy is None and lesion is None and importlib.util.find_spec("nilearn") is None:
+        return (load_volume(SAMPLE_IMAGE), load_mask(SAMPLE_MASK),
+                "the bundled sample scan (nilearn is not installed, so no MNI152 case was made)")
+    lesion_path = lesion or SAMPLE_MASK
+    image, truth = synthesize_case(load_anatomy(anatomy), load_mask(lesion_path),
+                                   np.random.default_rng(seed))
+    where = "the MNI152 2009a template" if anatomy in (None, "mni") else anatomy
+    return image, truth, f"lesion {lesion_path.name} painted into {where} (seed {seed})"
+
+
+def quick_range(truth, geometry) -> tuple[int, int]:
+    """The ``QUICK_SLICES`` axial slices (RAS+ numbering) centred on the known lesion."""
+    import numpy as np
+
+    native = np.nonzero(np.moveaxis(truth.data, geometry.axial_axis, -1).any(axis=(0, 1)))[0]
+    centre = geometry.axial_index(int(round(float(np.median(native)))))
+    start = min(max(centre - QUICK_SLICES // 2, 0), max(geometry.n_slices - QUICK_SLICES, 0))
+    return start, min(start + QUICK_SLICES, geometry.n_slices)
+
+
+def has_display() -> bool:
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY")
+                                                        or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import DunetError, InputError
+    from ..evaluation import evaluate_arrays, report
+    from ..figures import save_overlay_png
+    from ..io import atomic_write, save_mask, save_volume
+    from .segment import default_weights
+
+    paths = output_paths(args.out)
+    if not args.overwrite:
+        for path in paths.values():
+            if path.exists():
+                raise InputError(f"{path} exists; pass --overwrite to replace it (or choose --out).")
+    weights = args.weights or default_weights()
+    image, truth, description = make_case(args.anatomy, args.lesion, args.seed)
+    save_volume(image.data, image, paths["image"], dtype=image.data.dtype.type, overwrite=args.overwrite)
+    save_mask(truth.data, image, paths["truth"], overwrite=args.overwrite)
+    print(f"sample case: {description}")
+    print(f"  image  {paths['image']}\n  known lesion  {paths['truth']} "
+          f"({float(truth.data.sum()) * image.voxel_volume_ml:.1f} mL)")
+    if weights is None:
+        save_overlay_png(paths["overlay"], image, {"known lesion": truth.data},
+                         title="sample case (not segmented)", overwrite=args.overwrite)
+        raise DunetError("no default weights are bundled with this version of napari-dunet, so the "
+                         f"sample case in {args.out} was not segmented; pass --weights FILE "
+                         "(a D-UNet .safetensors checkpoint).")
+
+    from ..checkpoint import load_checkpoint
+    from ..inference import predict_volume, resolve_device
+    from ..preprocessing import SliceGeometry
+    from ..segmentation import threshold_mask
+
+    device = resolve_device(args.device)
+    model, meta = load_checkpoint(weights, device=device)
+    geometry = SliceGeometry.for_volume(image.data.shape, image.affine)
+    slice_range = quick_range(truth, geometry) if args.quick else None
+    n = (slice_range[1] - slice_range[0]) if slice_range else geometry.n_slices
+    print(f"segmenting {n} axial slices on {device} with {weights} ...")
+    sys.stdout.flush()
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r  {done}/{total} slices", end="\n" if done == total else "", file=sys.stderr,
+              flush=True)
+
+    probability = predict_volume(image, model, device=device, slice_range=slice_range,
+                                 progress=progress)
+    mask = threshold_mask(probability, float(meta.get("threshold", 0.5)))
+    save_mask(mask, image, paths["mask"], overwrite=args.overwrite)
+    result = evaluate_arrays(mask, truth.data, name=NAME, pred_affine=image.affine,
+                             truth_affine=image.affine, pred_label="the D-UNet mask",
+                             truth_label="the known lesion")
+    scores = report([result])
+    scores.update(sample=description, weights=str(weights), quick=bool(args.quick),
+                  slices=list(slice_range) if slice_range else [0, geometry.n_slices])
+    text = json.dumps(scores, indent=2) + "\n"
+    atomic_write(paths["metrics"], lambda tmp: tmp.write_text(text), overwrite=args.overwrite)
+    m = result.metrics
+    save_overlay_png(paths["overlay"], image, {"known lesion": truth.data, "D-UNet": mask},
+                     title=f"DSC {m.dsc:.2f}  precision {m.precision:.2f}  recall {m.recall:.2f}",
+                     overwrite=args.overwrite)
+    print(f"  D-UNet mask  {paths['mask']}\n  overlay  {paths['overlay']}\n  metrics  {paths['metrics']}")
+    print(f"DSC {m.dsc:.3f}  precision {m.precision:.3f}  recall {m.recall:.3f}  "
+          f"lesion volume {m.pred_ml:.1f} mL (known {m.truth_ml:.1f} mL)")
+    if args.no_viewer or not has_display():
+        return 0
+    show_in_napari(image, truth, mask)
+    return 0
+
+
+def show_in_napari(image, truth, mask) -> None:
+    """Open napari with the scan, the known lesion and the D-UNet mask; returns when it closes."""
+    import napari
+    from napari.layers import Layer
+
+    from ..io import Volume
+    from ..layers import layer_data
+
+    viewer = napari.Viewer(title="napari-dunet demo")
+    viewer.add_layer(Layer.create(*layer_data(image, "image", name="sample T1")))
+    viewer.add_layer(Layer.create(*layer_data(truth, "labels", name="known lesion", opacity=0.4,
+                                              colormap=TRUTH_COLORS)))
+    viewer.add_layer(Layer.create(*layer_data(Volume(mask, image.affine, image.header), "labels",
+                                              name="D-UNet lesion")))
+    napari.run()
