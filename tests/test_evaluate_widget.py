@@ -1,0 +1,193 @@
+"""The "Evaluate" widget in a real napari viewer (run under Xvfb)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import nibabel as nib
+import nibabel.orientations as nio
+import numpy as np
+import pytest
+
+from napari_dunet._widgets import evaluate as evaluate_module
+from napari_dunet._widgets.evaluate import FROM_FILE, EvaluateWidget
+from napari_dunet.evaluation import csv_text, evaluate_files
+from napari_dunet.metrics import compare_masks
+
+
+def cube(shape=(12, 12, 8), lo=2, hi=7, shift=0):
+    mask = np.zeros(shape, np.uint8)
+    mask[lo + shift:hi + shift, lo:hi, 2:5] = 1
+    return mask
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """Messages the widget shows the user, by kind."""
+    messages = {"info": [], "warning": [], "error": []}
+    for kind in messages:
+        monkeypatch.setattr(evaluate_module, f"show_{kind}", messages[kind].append)
+    return messages
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    w = EvaluateWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Evaluate")
+    return viewer, w
+
+
+def table_dict(table):
+    """{row title: [cells]} of a magicgui Table."""
+    return dict(zip(table.row_headers, table.data.to_list()))
+
+
+def save_in_orientation(path, mask, codes, zooms=(1.0, 1.0, 3.0)):
+    """Save a RAS-ordered mask in the voxel order ``codes`` (e.g. 'LPS') with the right affine."""
+    affine = np.diag([*zooms, 1.0])
+    transform = nio.ornt_transform(nio.axcodes2ornt("RAS"), nio.axcodes2ornt(codes))
+    data = nio.apply_orientation(mask, transform)
+    affine = affine @ nio.inv_ornt_aff(transform, mask.shape)
+    nib.save(nib.Nifti1Image(data.astype(np.uint8), affine), path)
+    return path
+
+
+def test_two_labels_layers_give_the_metrics_table(widget, shown):
+    viewer, w = widget
+    truth, pred = cube(), cube(shift=1)
+    viewer.add_labels(truth, name="tracing", scale=(1, 1, 3))
+    viewer.add_labels(pred, name="network", scale=(1, 1, 3))
+    w._truth.value, w._pred.value = viewer.layers["tracing"], viewer.layers["network"]
+    result = w.evaluate()
+    expected = compare_masks(pred, truth, spacing=(1, 1, 3))
+    assert result.metrics.dsc == pytest.approx(expected.dsc)
+    assert result.metrics.hd95_mm == pytest.approx(expected.hd95_mm)
+    table = table_dict(w.case_table)
+    assert table["DSC"] == [f"{expected.dsc:.3f}"]
+    assert table["Reference volume (mL)"] == [f"{truth.sum() * 3 / 1000:.2f}"]
+    assert table["Volume difference (voxels)"] == ["0"]
+    assert w.case_table.column_headers == ("tracing",)
+    assert shown["error"] == [] and shown["warning"] == []
+
+
+def test_session_list_keeps_cases_with_mean_sd_and_median(widget):
+    viewer, w = widget
+    for name, shift in (("a", 0), ("b", 1), ("c", 2)):
+        viewer.add_labels(cube(), name=f"ref {name}")
+        viewer.add_labels(cube(shift=shift), name=f"pred {name}")
+        w._truth.value, w._pred.value = viewer.layers[f"ref {name}"], viewer.layers[f"pred {name}"]
+        w.evaluate()
+    dsc = [r.metrics.dsc for r in w.results]
+    assert dsc[0] == 1.0 and dsc[0] > dsc[1] > dsc[2]
+    rows = table_dict(w.session_table)
+    assert list(rows) == ["ref a", "ref b", "ref c", "mean \u00b1 SD", "median", "global DSC"]
+    assert rows["mean \u00b1 SD"][0] == f"{np.mean(dsc):.3f} \u00b1 {np.std(dsc, ddof=1):.3f}"
+    assert rows["median"][0] == f"{np.median(dsc):.3f}"
+    # evaluating a case again (after a correction) replaces its row
+    viewer.layers["pred c"].data = cube()
+    w._truth.value, w._pred.value = viewer.layers["ref c"], viewer.layers["pred c"]
+    w.evaluate()
+    assert [r.case for r in w.results] == ["ref a", "ref b", "ref c"]
+    assert table_dict(w.session_table)["ref c"][0] == "1.000"
+    w.clear()
+    assert w.results == [] and w.session_table.row_headers == ()
+
+
+def test_layers_read_from_nifti_use_the_file_geometry(widget, tmp_path, shown):
+    """A mask opened in LPS voxel order is shown reoriented; it still matches its own file."""
+    viewer, w = widget
+    truth_path = save_in_orientation(tmp_path / "sub-01_label-L_mask.nii.gz", cube(), "LPS")
+    pred_path = save_in_orientation(tmp_path / "sub-01_pred_mask.nii.gz", cube(shift=1), "LPS")
+    viewer.open(truth_path, plugin="napari-dunet")
+    layer = viewer.layers[-1]
+    w._truth.value = layer
+    w._pred.value = FROM_FILE
+    w._pred_file.value = pred_path
+    assert w._pred_file.visible and not w._truth_file.visible
+    result = w.evaluate()
+    expected = evaluate_files([pred_path], [truth_path])
+    assert result.case == "sub-01"
+    assert result.metrics.dsc == pytest.approx(expected.metrics.dsc) and result.metrics.dsc < 1
+    assert result.metrics.hd95_mm == pytest.approx(expected.metrics.hd95_mm)
+    assert result.metrics.truth_ml == pytest.approx(cube().sum() * 3 / 1000)
+    assert result.notes == [] and shown["error"] == []
+
+
+def test_file_inputs(widget, tmp_path):
+    _, w = widget
+    truth = save_in_orientation(tmp_path / "t_mask.nii.gz", cube(), "RAS")
+    pred = save_in_orientation(tmp_path / "p_mask.nii.gz", cube(shift=2), "RAS")
+    w._truth.value = w._pred.value = FROM_FILE
+    w._truth_file.value, w._pred_file.value = truth, pred
+    result = w.evaluate()
+    assert result.row() == evaluate_files([pred], [truth]).row()
+
+
+def test_shape_mismatch_is_shown_and_nothing_is_recorded(widget, shown):
+    viewer, w = widget
+    viewer.add_labels(cube((12, 12, 8)), name="tracing")
+    viewer.add_labels(cube((12, 12, 9)), name="network")
+    w._truth.value, w._pred.value = viewer.layers["tracing"], viewer.layers["network"]
+    assert w.evaluate() is None
+    assert len(shown["error"]) == 1
+    assert "(12, 12, 9)" in shown["error"][0] and "(12, 12, 8)" in shown["error"][0]
+    assert w.results == []
+
+
+def test_affine_mismatch_warns_but_scores(widget, shown):
+    viewer, w = widget
+    viewer.add_labels(cube(), name="tracing")
+    viewer.add_labels(cube(), name="network", translate=(5, 0, 0))
+    w._truth.value, w._pred.value = viewer.layers["tracing"], viewer.layers["network"]
+    result = w.evaluate()
+    assert result.metrics.dsc == 1.0  # voxel by voxel
+    assert len(shown["warning"]) == 1 and "origin offset (5.00, 0.00, 0.00) mm" in shown["warning"][0]
+
+
+def test_non_binary_labels_are_thresholded_with_a_note(widget, shown):
+    viewer, w = widget
+    labels = cube()
+    labels[3, 3, 3] = 2
+    viewer.add_labels(cube(), name="tracing")
+    viewer.add_labels(labels, name="network")
+    w._truth.value, w._pred.value = viewer.layers["tracing"], viewer.layers["network"]
+    assert w.evaluate().metrics.dsc == 1.0  # label 2 counts as lesion
+    assert any("not binary" in m for m in shown["warning"])
+
+
+def test_missing_inputs_are_explained(widget, shown):
+    _, w = widget
+    w._truth.value = w._pred.value = FROM_FILE
+    assert w.evaluate() is None
+    assert "Choose the prediction NIfTI file" in shown["error"][0]
+
+
+def test_export_csv_never_replaces_a_file(widget, tmp_path, shown):
+    viewer, w = widget
+    assert w.export_csv(tmp_path / "none.csv") is None  # nothing evaluated yet
+    viewer.add_labels(cube(), name="tracing")
+    viewer.add_labels(cube(shift=1), name="network")
+    w._truth.value, w._pred.value = viewer.layers["tracing"], viewer.layers["network"]
+    w.evaluate()
+    path = w.export_csv(tmp_path / "session.csv")
+    assert path.read_text() == csv_text(w.results)
+    rows = list(csv.DictReader(path.open()))
+    assert rows[0]["case"] == "tracing" and float(rows[0]["dsc"]) == pytest.approx(w.results[0].metrics.dsc)
+    path.write_text("keep me")
+    assert w.export_csv(path) is None and path.read_text() == "keep me"
+    assert "exists" in shown["error"][-1]
+
+
+def test_the_manifest_opens_the_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dunet", "Evaluate")
+    assert isinstance(widget, EvaluateWidget)
+
+
+def test_widget_does_not_import_torch():
+    code = ("import sys, napari_dunet._widgets.evaluate; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
