@@ -85,7 +85,7 @@ def segment_volume(job: SegmentJob, progress: Callable[[int, int], None] | None 
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if device.type == "cpu" or "out of memory" not in str(exc).lower():
             raise
-        if device.type == "cuda":
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
         notes.append(f"The {device.type.upper()} device ran out of memory, so this run used the "
                      "CPU instead (slower).")
@@ -394,4 +394,5 @@ def show_axial(viewer: napari.viewer.Viewer) -> None:
     if viewer.dims.ndim != 3:
         return
     viewer.dims.order = (2, 1, 0)
-    viewer.camera.orientation2d = ("up", "right")
+    camera = getattr(viewer, "scene", viewer).camera  # napari >= 0.9 keeps it on the scene
+    camera.orientation2d = ("up", "right")

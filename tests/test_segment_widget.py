@@ -1,0 +1,326 @@
+"""The "Segment lesion" widget driven in a real napari viewer (run under Xvfb)."""
+
+from __future__ import annotations
+
+import threading
+
+import nibabel as nib
+import nibabel.orientations as nio
+import numpy as np
+import pytest
+import torch
+from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
+from torch import nn
+
+from napari_dunet import model_store
+from napari_dunet._widgets import segment
+from napari_dunet._widgets.segment import CURRENT_SLICE, SegmentWidget
+from napari_dunet.segmentation import segment_case
+
+from conftest import make_head
+
+
+class Darkness(nn.Module):
+    """A fast stand-in network: 'lesion' where the centre slice is dark tissue (counts calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, stacks: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        centre = stacks[:, 2:3]
+        return torch.sigmoid(40 * (centre - 0.1)) * torch.sigmoid(40 * (0.5 - centre))
+
+
+@pytest.fixture
+def fast_model(tmp_path):
+    model = Darkness()
+    model_store.set_checkpoint(tmp_path / "darkness.safetensors", model=model)
+    yield model
+    model_store.set_checkpoint(None)
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Messages the widget shows the user, by kind."""
+    shown = {"info": [], "warning": [], "error": []}
+    for kind in shown:
+        monkeypatch.setattr(segment, f"show_{kind}", shown[kind].append)
+    return shown
+
+
+def head_file(path, shape=(40, 48, 12), codes="RAS"):
+    """make_head() saved with 1x1x3 mm voxels in the axis order ``codes`` (qform 1, sform 2)."""
+    image, _ = make_head(shape)
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    affine[:3, 3] = [-20, -24, -18]
+    transform = nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt(codes))
+    affine = affine @ nio.inv_ornt_aff(transform, shape)
+    img = nib.Nifti1Image(nio.apply_orientation(image, transform), affine)
+    img.set_qform(affine, 1)
+    img.set_sform(affine, 2)
+    nib.save(img, path)
+    return path
+
+
+def open_with_widget(viewer, path):
+    image, = viewer.open(path, plugin="napari-dunet")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return image, widget
+
+
+def run_and_wait(qtbot, widget, timeout=180_000):
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
+
+
+def gate_progress(monkeypatch, gate: threading.Event):
+    """Make the worker wait after each batch until ``gate`` is set by the GUI thread."""
+    real = segment.ensure_main_thread
+
+    def gated(callback):
+        queued = real(callback)
+
+        def progress(done, total):
+            queued(done, total)
+            if not gate.wait(30):
+                raise RuntimeError("the GUI thread never answered")
+        return progress
+
+    monkeypatch.setattr(segment, "ensure_main_thread", gated)
+
+
+def labels_layers(viewer):
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def test_checkpoint_gives_an_aligned_editable_mask_saved_like_the_scan(
+        make_napari_viewer, qtbot, small_nifti, random_checkpoint, notes, tmp_path):
+    viewer = make_napari_viewer()
+    image, widget = open_with_widget(viewer, small_nifti[0])
+    widget._weights.value = random_checkpoint
+    assert model_store.current_checkpoint() == random_checkpoint
+    try:
+        run_and_wait(qtbot, widget)
+    finally:
+        model_store.set_checkpoint(None)
+    assert notes["error"] == [] and notes["warning"] == []
+    [labels] = labels_layers(viewer)
+    assert labels.data.shape == image.data.shape and labels.data.dtype == np.uint8
+    for voxel in ([0, 0, 0], [39, 47, 11], [12, 30, 5]):
+        assert np.allclose(labels.data_to_world(voxel), image.data_to_world(voxel))
+    assert np.allclose(image.data_to_world([12, 30, 5]), [-8, 6, -3])  # the file's mm position
+    # the same probabilities as the core on the file, slice for slice
+    from napari_dunet.checkpoint import load_checkpoint
+    from napari_dunet.inference import predict_volume
+    from napari_dunet.io import load_volume
+
+    core = predict_volume(load_volume(small_nifti[0]), load_checkpoint(random_checkpoint)[0],
+                          device="cpu", slice_range=(5, 7))
+    assert np.allclose(widget._last.probability[..., 5:7], core[..., 5:7], atol=1e-5)
+    assert np.array_equal(labels.data, widget._last.probability >= 0.5)
+    # ready to correct
+    assert viewer.layers.selection.active is labels
+    assert labels.mode == "paint" and labels.selected_label == 1 and labels.brush_size == 5
+    assert "mL in" in widget._summary.value
+    # saved with the scan's affine and header codes, read back identical
+    out = widget.save_mask(labels, tmp_path / "out" / "sub-01_lesion_mask.nii.gz")
+    written, source = nib.load(out), nib.load(small_nifti[0])
+    assert np.array_equal(written.affine, source.affine)
+    for code in ("qform_code", "sform_code"):
+        assert written.header[code] == source.header[code]
+    assert np.array_equal(np.asarray(written.dataobj), labels.data)
+
+
+@pytest.mark.parametrize("codes", ["PIR", "LAS"])
+def test_mask_of_a_non_ras_scan_matches_the_command_line_result(
+        make_napari_viewer, qtbot, fast_model, notes, tmp_path, codes):
+    path = head_file(tmp_path / f"sub-02_{codes}_T1w.nii.gz", codes=codes)
+    viewer = make_napari_viewer()
+    _, widget = open_with_widget(viewer, path)
+    run_and_wait(qtbot, widget)
+    [labels] = labels_layers(viewer)
+    assert labels.data.any()
+    out = widget.save_mask(labels, tmp_path / "mask.nii.gz")
+    expected = segment_case(path, fast_model, threshold=0.5, device="cpu").mask
+    written = nib.load(out)
+    assert np.array_equal(np.asarray(written.dataobj), expected)
+    assert np.array_equal(written.affine, nib.load(path).affine)
+
+
+def test_current_slice_segments_the_axial_slice_at_the_cursor(
+        make_napari_viewer, qtbot, fast_model, notes, tmp_path):
+    viewer = make_napari_viewer()
+    image, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz"))
+    assert viewer.dims.order == (2, 1, 0)  # the widget shows axial slices of NIfTI scans
+    widget._scope.value = CURRENT_SLICE
+    viewer.dims.set_point(2, image.data_to_world([0, 0, 6])[2])
+    run_and_wait(qtbot, widget)
+    assert fast_model.calls == 1
+    probability = widget._last.probability
+    assert list(np.flatnonzero(probability.any(axis=(0, 1)))) == [6]
+    assert "axial slice 6 only" in widget._summary.value
+    assert notes["info"] == []
+    # a sagittal view: still the axial slice through the point, and the user is told
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.set_point(2, image.data_to_world([0, 0, 3])[2])
+    run_and_wait(qtbot, widget)
+    assert list(np.flatnonzero(widget._last.probability.any(axis=(0, 1)))) == [3]
+    assert any("does not show axial slices" in note for note in notes["info"])
+
+
+def test_cancel_mid_run_adds_no_layer(make_napari_viewer, qtbot, fast_model, notes, tmp_path,
+                                      monkeypatch):
+    viewer = make_napari_viewer()
+    _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz", shape=(40, 48, 40)))
+    gate, seen = threading.Event(), []
+    gate_progress(monkeypatch, gate)
+
+    def first_batch_done(done, total):
+        seen.append((done, total))
+        widget.cancel()
+        gate.set()
+
+    monkeypatch.setattr(widget, "_show_progress", first_batch_done)
+    layers_before = list(viewer.layers)
+    run_and_wait(qtbot, widget)
+    assert seen == [(16, 40)]  # one of three batches ran, then it stopped
+    assert list(viewer.layers) == layers_before
+    assert notes["info"] == ["Segmentation cancelled; no layer was added."]
+    assert widget._run.enabled and not widget._cancel.enabled
+
+
+def test_viewer_stays_responsive_during_a_run(make_napari_viewer, qtbot, fast_model, notes,
+                                              tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz", shape=(40, 48, 20)))
+    gate, ticks_while_running = threading.Event(), []
+
+    def tick():
+        if widget._worker is not None:
+            ticks_while_running.append(1)
+        if len(ticks_while_running) >= 5:
+            gate.set()
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(5)
+    gate_progress(monkeypatch, gate)  # the worker waits for 5 timer ticks after its first batch
+    try:
+        run_and_wait(qtbot, widget)
+    finally:
+        timer.stop()
+    assert len(ticks_while_running) >= 5
+    assert notes["error"] == [] and len(labels_layers(viewer)) == 1
+
+
+def test_threshold_and_reruns_never_clobber_an_edited_mask(
+        make_napari_viewer, qtbot, fast_model, notes, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz"))
+    run_and_wait(qtbot, widget)
+    [first] = labels_layers(viewer)
+    probability, calls = widget._last.probability, fast_model.calls
+    # threshold: re-applied to the kept probabilities, no network run
+    widget._threshold.value = 0.8
+    assert fast_model.calls == calls
+    assert np.array_equal(first.data, probability >= 0.8)
+    # an unedited result is updated in place by a new run
+    run_and_wait(qtbot, widget)
+    assert labels_layers(viewer) == [first]
+    # the user corrects the mask: undo works, and nothing overwrites the edit
+    voxel = tuple(np.argwhere(first.data == 0)[0])
+    first.paint(voxel, 1)
+    first.undo()
+    assert first.data[voxel] == 0
+    first.paint(voxel, 1)
+    edited = first.data.copy()
+    widget._threshold.value = 0.3
+    assert np.array_equal(first.data, edited)
+    assert any("edited by hand" in note for note in notes["info"])
+    run_and_wait(qtbot, widget)
+    first_again, second = labels_layers(viewer)
+    assert first_again is first and np.array_equal(first.data, edited)
+    assert second.name != first.name and np.array_equal(second.data, probability >= 0.3)
+    assert any("has your edits" in note for note in notes["info"])
+
+
+def test_probability_map_is_shown_on_the_same_grid(make_napari_viewer, qtbot, fast_model, notes,
+                                                   tmp_path):
+    viewer = make_napari_viewer()
+    image, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz"))
+    widget._show_probability.value = True
+    run_and_wait(qtbot, widget)
+    [probability] = [layer for layer in viewer.layers if isinstance(layer, Image) and layer is not image]
+    assert np.array_equal(probability.data, widget._last.probability)
+    assert np.allclose(probability.data_to_world([3, 4, 5]), image.data_to_world([3, 4, 5]))
+
+
+def test_a_new_checkpoint_from_another_widget_is_used(make_napari_viewer, fast_model, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz"))
+    new = tmp_path / "finetuned.safetensors"
+    model_store.set_checkpoint(new, model=fast_model)
+    assert widget._weights.value == new
+    assert model_store.load_model("cpu")[0] is fast_model
+
+
+def test_bad_inputs_get_a_plain_message_and_lose_no_layer(
+        make_napari_viewer, qtbot, fast_model, notes, tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.run()  # nothing open
+    assert "Open a T1 image first" in notes["warning"][-1]
+    viewer.add_labels(np.zeros((5, 6, 7), np.uint8), name="a mask")
+    widget.run()  # only a Labels layer: not offered as an image
+    assert "Open a T1 image first" in notes["warning"][-1]
+    flat = viewer.add_image(np.ones((30, 30)), name="photo")
+    widget._image.value = flat
+    widget.run()
+    assert "'photo' is 2D" in notes["warning"][-1]
+    image, = viewer.open(head_file(tmp_path / "t1.nii.gz"), plugin="napari-dunet")
+    widget._image.value = image
+    layers = list(viewer.layers)
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    widget._weights.value = broken
+    run_and_wait(qtbot, widget)
+    assert "not a readable safetensors checkpoint" in notes["error"][-1]
+    model_store.set_checkpoint(tmp_path / "darkness.safetensors", model=fast_model)
+
+    if not torch.cuda.is_available():
+        widget._device.value = "cuda"
+        run_and_wait(qtbot, widget)
+        assert "'cuda' is not available on this computer" in notes["error"][-1]
+    assert list(viewer.layers) == layers and widget._worker is None
+    assert all("Traceback" not in message for kind in notes.values() for message in kind)
+
+
+def test_gpu_out_of_memory_falls_back_to_the_cpu(make_napari_viewer, qtbot, fast_model, notes,
+                                                 tmp_path, monkeypatch):
+    from napari_dunet import inference
+
+    real_predict = inference.predict_volume
+
+    def predict(volume, model, *, device, **kwargs):
+        if torch.device(device).type != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_predict(volume, model, device=device, **kwargs)
+
+    real_resolve = inference.resolve_device
+    monkeypatch.setattr(inference, "resolve_device",
+                        lambda name: torch.device("cuda") if name == "cuda" else real_resolve(name))
+    monkeypatch.setattr(inference, "predict_volume", predict)
+    monkeypatch.setattr(model_store, "load_model", lambda device: (fast_model, {}))
+    viewer = make_napari_viewer()
+    _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz"))
+    widget._device.value = "cuda"
+    run_and_wait(qtbot, widget)
+    assert notes["error"] == []
+    assert any("ran out of memory" in note and "CPU" in note for note in notes["info"])
+    assert len(labels_layers(viewer)) == 1
