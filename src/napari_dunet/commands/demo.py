@@ -22,8 +22,8 @@ TRUTH_COLORS = {0: "transparent", 1: "#33ff33", None: "#33ff33"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("dunet-demo"),
-                        help="output folder (default: ./dunet-demo)")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"),
+                        help="output folder (default: ./demo-output)")
     parser.add_argument("--weights", type=Path,
                         help="checkpoint (.safetensors); default: the weights bundled with the package")
     parser.add_argument("--quick", action="store_true",
