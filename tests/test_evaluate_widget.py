@@ -66,9 +66,10 @@ def test_two_labels_layers_give_the_metrics_table(widget, shown):
     assert result.metrics.dsc == pytest.approx(expected.dsc)
     assert result.metrics.hd95_mm == pytest.approx(expected.hd95_mm)
     table = table_dict(w.case_table)
-    assert table["DSC"] == [f"{expected.dsc:.3f}"]
-    assert table["Reference volume (mL)"] == [f"{truth.sum() * 3 / 1000:.2f}"]
-    assert table["Volume difference (voxels)"] == ["0"]
+    assert table["DSC"] == [pytest.approx(expected.dsc)]
+    assert table["HD95 (mm)"] == [pytest.approx(expected.hd95_mm)]
+    assert table["Reference volume (mL)"] == [pytest.approx(truth.sum() * 3 / 1000)]
+    assert table["Volume difference (voxels)"] == [0]
     assert w.case_table.column_headers == ("tracing",)
     assert shown["error"] == [] and shown["warning"] == []
 
@@ -84,14 +85,14 @@ def test_session_list_keeps_cases_with_mean_sd_and_median(widget):
     assert dsc[0] == 1.0 and dsc[0] > dsc[1] > dsc[2]
     rows = table_dict(w.session_table)
     assert list(rows) == ["ref a", "ref b", "ref c", "mean \u00b1 SD", "median", "global DSC"]
-    assert rows["mean \u00b1 SD"][0] == f"{np.mean(dsc):.3f} \u00b1 {np.std(dsc, ddof=1):.3f}"
-    assert rows["median"][0] == f"{np.median(dsc):.3f}"
+    assert rows["mean \u00b1 SD"][0] == f"{np.mean(dsc):.4f} \u00b1 {np.std(dsc, ddof=1):.4f}"
+    assert rows["median"][0] == pytest.approx(np.median(dsc))
     # evaluating a case again (after a correction) replaces its row
     viewer.layers["pred c"].data = cube()
     w._truth.value, w._pred.value = viewer.layers["ref c"], viewer.layers["pred c"]
     w.evaluate()
     assert [r.case for r in w.results] == ["ref a", "ref b", "ref c"]
-    assert table_dict(w.session_table)["ref c"][0] == "1.000"
+    assert table_dict(w.session_table)["ref c"][0] == 1.0
     w.clear()
     assert w.results == [] and w.session_table.row_headers == ()
 
@@ -191,3 +192,14 @@ def test_widget_does_not_import_torch():
     code = ("import sys, napari_dunet._widgets.evaluate; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_empty_prediction_shows_infinite_hd95(widget, shown):
+    viewer, w = widget
+    viewer.add_labels(cube(), name="tracing")
+    viewer.add_labels(np.zeros_like(cube()), name="network")
+    w._truth.value, w._pred.value = viewer.layers["tracing"], viewer.layers["network"]
+    w.evaluate()
+    table = table_dict(w.case_table)
+    assert table["DSC"] == [0.0] and table["Recall"] == [0.0] and table["HD95 (mm)"] == ["inf"]
+    assert table_dict(w.session_table)["median"][4] == "-"  # no finite HD95 to summarise

@@ -22,26 +22,28 @@ from ..io import case_name
 from ..layers import native_volume, same_grid_kwargs
 
 FROM_FILE = "(NIfTI file)"
-#: (row title, CaseResult.row() key, format) of the metrics table.
-METRICS = (("DSC", "dsc", "{:.3f}"), ("Precision", "precision", "{:.3f}"),
-           ("Recall", "recall", "{:.3f}"), ("Lesion-wise F1", "lesion_f1", "{:.3f}"),
-           ("HD95 (mm)", "hd95_mm", "{:.2f}"), ("Prediction volume (mL)", "pred_ml", "{:.2f}"),
-           ("Reference volume (mL)", "truth_ml", "{:.2f}"),
-           ("Volume difference (mm3)", "volume_diff_mm3", "{:.0f}"),
-           ("Volume difference (voxels)", "volume_diff_voxels", "{:d}"),
-           ("Lesion count difference", "lesion_count_diff", "{:d}"))
+#: (row title, CaseResult.row() key) of the metrics table.
+METRICS = (("DSC", "dsc"), ("Precision", "precision"), ("Recall", "recall"),
+           ("Lesion-wise F1", "lesion_f1"), ("HD95 (mm)", "hd95_mm"),
+           ("Prediction volume (mL)", "pred_ml"), ("Reference volume (mL)", "truth_ml"),
+           ("Volume difference (mm3)", "volume_diff_mm3"),
+           ("Volume difference (voxels)", "volume_diff_voxels"),
+           ("Lesion count difference", "lesion_count_diff"))
 #: Columns of the session table (keys summarised by ``evaluation.summarize``).
 SESSION_COLUMNS = (("DSC", "dsc"), ("Precision", "precision"), ("Recall", "recall"),
                    ("Lesion F1", "lesion_f1"), ("HD95 mm", "hd95_mm"),
                    ("|dV| mm3", "volume_diff_mm3"), ("|dN|", "lesion_count_diff"))
 
 
-def _text(value: Any, fmt: str = "{:.3f}") -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "-"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return fmt.format(value)
+def _cell(value: Any) -> Any:
+    """A table cell: numbers as they are (the table shows 4 decimals), ``inf``, ``-`` if undefined."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "-" if math.isnan(value) else "inf"
+    return value
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    return "-" if math.isnan(mean) else f"{mean:.4f}" + ("" if math.isnan(sd) else f" \u00b1 {sd:.4f}")
 
 
 class EvaluateWidget(Container):
@@ -185,24 +187,22 @@ class EvaluateWidget(Container):
     # -- display ---------------------------------------------------------------------------
     def _show(self, result: CaseResult) -> None:
         row = result.row()
-        self.case_table.value = {
-            "data": [[_text(row[key], fmt)] for _, key, fmt in METRICS],
-            "index": [title for title, _, _ in METRICS],
-            "columns": [result.case]}
+        self.case_table.value = {"data": [[_cell(row[key])] for _, key in METRICS],
+                                 "index": [title for title, _ in METRICS],
+                                 "columns": [result.case]}
         self._refresh_session()
 
     def _refresh_session(self) -> None:
         rows = [r.row() for r in self.results]
-        data = [[_text(row[key]) if key != "lesion_count_diff" else str(row[key])
-                 for _, key in SESSION_COLUMNS] for row in rows]
+        data = [[_cell(row[key]) for _, key in SESSION_COLUMNS] for row in rows]
         index = [row["case"] for row in rows]
         if rows:
             s = summarize(self.results)
-            data.append([_text(s[f"{key}_mean"]) + ("" if math.isnan(s[f"{key}_sd"])
-                                                     else " \u00b1 " + _text(s[f"{key}_sd"]))
-                         for _, key in SESSION_COLUMNS])
-            data.append([_text(s[f"{key}_median"]) for _, key in SESSION_COLUMNS])
-            data.append([_text(s["dsc_global"])] + [""] * (len(SESSION_COLUMNS) - 1))
+            data.append([_mean_sd(s[f"{key}_mean"], s[f"{key}_sd"]) for _, key in SESSION_COLUMNS])
+            data.append([_cell(s[f"{key}_median"]) for _, key in SESSION_COLUMNS])
+            data.append([s["dsc_global"]] + [""] * (len(SESSION_COLUMNS) - 1))
             index += ["mean \u00b1 SD", "median", "global DSC"]
         self.session_table.value = {"data": data, "index": index,
                                     "columns": [title for title, _ in SESSION_COLUMNS]}
+        for table in (self.case_table, self.session_table):
+            table.native.resizeColumnsToContents()
