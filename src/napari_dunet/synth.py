@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import DunetError, InputError
-from .io import Volume, atomic_write, is_nifti, load_mask, load_volume, save_mask, save_volume
+from .io import Volume, atomic_write, is_nifti, load_volume, save_mask, save_volume
 
 MNI_SPACE = "MNI152NLin2009aSym"
 MNI_FILES = {
@@ -38,8 +38,9 @@ EX_VACUO_REACH_MM = 15.0  # CSF spaces this close to the lesion may widen
 
 @dataclass
 class Anatomy:
-    """A T1 volume with its brain mask, CSF and white-matter fractions (0..1, same grid) and the
-    median intensities of CSF, grey and white matter (``means``)."""
+    """A T1 volume (float32) with its brain mask, CSF and white-matter fractions (0..1, same
+    grid), the typical intensities of CSF, grey and white matter (``means``) and its BIDS
+    ``space`` label (None when unknown)."""
 
     t1: Volume
     brain: np.ndarray
