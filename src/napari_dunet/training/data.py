@@ -41,7 +41,7 @@ class TrainingCase:
         return (tissue | self.lesion_slices()).numpy()
 
     def lesion_slices(self) -> torch.Tensor:
-        return self.masks.flatten(1).any(dim=1)
+        return (self.masks.flatten(1) > 0).any(dim=1)
 
     @property
     def lesion(self) -> np.ndarray:
