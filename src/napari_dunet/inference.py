@@ -2,23 +2,39 @@
 
 Long runs report ``progress(done, total)`` and stop when ``cancel()`` returns True (raising
 ``Cancelled``); nothing here knows about Qt.
+
+``predict_volume`` runs an inference-ready copy of the model by default (``fast.prepare_model``:
+BatchNorm folded, channels-last) and skips the work that cannot change the result: stacks whose
+four slices are all zero (no head in them) give the model's output for an all-zero stack, which
+is computed once per call; a slice range reads and writes only the slices it needs.
+``optimize=False`` is the plain path (the caller's model, every stack), kept as the reference
+the benchmarks and tests compare with.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Callable, Literal, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import Cancelled, DunetError
+from .fast import prepare_model
 from .io import Volume
-from .preprocessing import SliceGeometry, make_stacks, normalize_intensity
+from .preprocessing import STACK_OFFSETS, SliceGeometry, make_stacks, normalize_intensity
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = ("auto", "fp32", "bf16")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -48,22 +64,42 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def precision_context(device: torch.device, precision: Precision = "auto"
+                      ) -> contextlib.AbstractContextManager:
+    """``auto``: ``autocast_for(device)`` (mixed precision on GPUs, fp32 on CPU); ``fp32``: full
+    precision everywhere; ``bf16``: bfloat16 autocast, also on CPU (fast where the CPU has
+    bf16 instructions, see ``fast.cpu_has_native_bf16``)."""
+    if precision == "auto":
+        return autocast_for(device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise DunetError(f"Unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
+
+
 def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
                    batch_size: int = 16, progress: ProgressCallback | None = None,
-                   cancel: CancelCallback | None = None) -> torch.Tensor:
+                   cancel: CancelCallback | None = None, *, precision: Precision = "auto",
+                   channels_last: bool = False) -> torch.Tensor:
     """Run ``model`` over ``(N, 4, H, W)`` stacks in batches; returns ``(N, H, W)`` float32 on CPU.
 
     On a CUDA out-of-memory error the batch is halved and retried, down to one stack.
+    ``channels_last`` feeds the batches as NHWC (for a model from ``fast.prepare_model``).
     """
     out = torch.empty(stacks.shape[0], *stacks.shape[2:], dtype=torch.float32)
+    if device.type == "cuda" and len(stacks):
+        stacks = stacks.pin_memory()  # lets the copies to the GPU run asynchronously
     done = 0
     with torch.inference_mode():
         while done < len(stacks):
             if cancel is not None and cancel():
                 raise Cancelled("Segmentation cancelled.")
             batch = stacks[done:done + batch_size].to(device, non_blocking=True)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
             try:
-                with autocast_for(device):
+                with precision_context(device, precision):
                     probs = model(batch)
             except torch.OutOfMemoryError:
                 if batch_size == 1:
@@ -81,21 +117,111 @@ def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
 def predict_volume(volume: Volume, model: nn.Module, *, device: str | torch.device = "auto",
                    batch_size: int = 16, slice_range: tuple[int, int] | None = None,
                    progress: ProgressCallback | None = None,
-                   cancel: CancelCallback | None = None) -> np.ndarray:
+                   cancel: CancelCallback | None = None, optimize: bool = True,
+                   precision: Precision = "auto") -> np.ndarray:
     """Probability map (float32, the volume's native shape and orientation) of lesion per voxel.
 
     ``slice_range`` = ``(start, stop)`` limits the work to those axial slices (RAS+ order,
     inferior to superior, see ``SliceGeometry.axial_index``); other slices get probability 0.
+    ``optimize`` (default) runs the inference-ready copy and skips empty stacks (module
+    docstring); ``precision`` is passed to ``precision_context``.
     """
     device = resolve_device(device)
     geometry = SliceGeometry.for_volume(volume.data.shape, volume.affine)
-    slices = geometry.forward(normalize_intensity(volume.data))
-    start, stop = slice_range or (0, geometry.n_slices)
-    if not 0 <= start < stop <= geometry.n_slices:
-        raise DunetError(f"slice range {start}..{stop} is outside 0..{geometry.n_slices}.")
-    model = model.to(device).eval()
-    probs = predict_slices(model, make_stacks(slices, range(start, stop)), device, batch_size,
-                           progress, cancel)
-    maps = torch.zeros_like(slices)
-    maps[start:stop] = probs
-    return geometry.inverse(maps)
+    n = geometry.n_slices
+    start, stop = slice_range or (0, n)
+    if not 0 <= start < stop <= n:
+        raise DunetError(f"slice range {start}..{stop} is outside 0..{n}.")
+    if precision not in PRECISIONS:
+        raise DunetError(f"Unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
+    if not optimize:
+        slices = geometry.forward(normalize_intensity(volume.data))
+        model = model.to(device).eval()
+        probs = predict_slices(model, make_stacks(slices, range(start, stop)), device, batch_size,
+                               progress, cancel, precision=precision)
+        maps = torch.zeros_like(slices)
+        maps[start:stop] = probs
+        return geometry.inverse(maps)
+
+    # the stacks of slices start..stop-1 read slices start-2..stop (zero outside the volume)
+    first, last = max(start + STACK_OFFSETS[0], 0), min(stop + STACK_OFFSETS[-1], n)
+    read_geometry, read_index = axial_slab(geometry, first, last)
+    normalized = normalize_intensity(volume.data)
+    stacks = make_stacks(read_geometry.forward(normalized[read_index]),
+                         range(start - first, stop - first))
+    del normalized
+    probs = _predict_nonempty(prepare_model(model, device), stacks, device, batch_size,
+                              progress, cancel, precision)
+    if (start, stop) == (0, n):
+        return geometry.inverse(probs)
+    out_geometry, out_index = axial_slab(geometry, start, stop)
+    out = np.zeros(geometry.native_shape, np.float32)
+    out[out_index] = out_geometry.inverse(probs)
+    return out
+
+
+def axial_slab(geometry: SliceGeometry, start: int, stop: int
+               ) -> tuple[SliceGeometry, tuple[slice, slice, slice]]:
+    """The geometry of axial slices ``start..stop-1`` alone, and their index into the native
+    array: ``slab.forward(data[index])`` gives those slices, ``slab.inverse`` puts them back."""
+    ends = sorted((geometry.axial_index(start), geometry.axial_index(stop - 1)))
+    index = [slice(None)] * 3
+    index[geometry.axial_axis] = slice(ends[0], ends[1] + 1)
+    shape = list(geometry.native_shape)
+    shape[geometry.axial_axis] = stop - start
+    return dataclasses.replace(geometry, native_shape=tuple(shape)), tuple(index)
+
+
+def _predict_nonempty(model: nn.Module, stacks: torch.Tensor, device: torch.device,
+                      batch_size: int, progress: ProgressCallback | None,
+                      cancel: CancelCallback | None, precision: Precision) -> torch.Tensor:
+    """``predict_slices`` (channels-last) that runs an all-zero stack once and reuses its
+    output for every stack with no non-zero voxel: the model is a fixed function of its input
+    (eval mode), so those stacks would all give that same map."""
+    run = dict(precision=precision, channels_last=True)
+    empty = ~stacks.flatten(1).any(dim=1)
+    n_empty, total = int(empty.sum()), len(stacks)
+    if n_empty == 0:
+        return predict_slices(model, stacks, device, batch_size, progress, cancel, **run)
+    out = torch.empty(total, *stacks.shape[2:], dtype=torch.float32)
+    out[empty] = predict_slices(model, torch.zeros_like(stacks[:1]), device, 1, None, cancel,
+                                **run)
+    if progress is not None:
+        progress(n_empty, total)
+    if n_empty < total:
+        offset = None if progress is None else (lambda done, _: progress(n_empty + done, total))
+        out[~empty] = predict_slices(model, stacks[~empty], device, batch_size, offset, cancel,
+                                     **run)
+    return out
+
+
+def prefetch(items: Iterable[T], load: Callable[[T], R], depth: int = 2
+             ) -> Iterator[tuple[T, R | Exception]]:
+    """``(item, load(item))`` in order, loading up to ``depth`` items ahead in a background
+    thread, so that reading and decompressing the next scans overlaps the network's work on
+    the current one. A failed load yields its exception (the caller reports it and goes on).
+    Stopping the iteration early stops the reader after its current item."""
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def reader() -> None:
+        for item in items:
+            if stop.is_set():
+                return
+            try:
+                result: R | Exception = load(item)
+            except Exception as exc:  # handed to the consumer, in order
+                result = exc
+            slots.put((item, result))
+        slots.put(done)
+
+    thread = threading.Thread(target=reader, name="napari-dunet-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (entry := slots.get()) is not done:
+            yield entry
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            slots.get_nowait()  # free a reader blocked on a full queue
