@@ -25,7 +25,7 @@ from superqt.utils import ensure_main_thread
 from .. import model_store
 from ..errors import Cancelled, DunetError, InputError
 from ..io import Volume, strip_nifti_suffix
-from ..layers import has_nifti_metadata, layer_volume, same_grid_kwargs
+from ..layers import LABEL_COLORS, has_nifti_metadata, layer_volume, same_grid_kwargs
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 WHOLE, CURRENT_SLICE = "whole volume", "current slice"
@@ -288,10 +288,7 @@ class SegmentWidget(Container):
         if last is not None and last.labels in self._viewer.layers and last.image is image:
             show_info(f"'{last.labels.name}' has your edits, so it was kept; the new result "
                       f"is '{labels.name}'.")
-        labels.colormap = {0: "transparent", 1: "#ff4040", None: "#ffd000"}
-        labels.selected_label = 1
-        labels.brush_size = BRUSH_MM
-        labels.mode = "paint"
+        ready_to_paint(labels)
         labels.events.paint.connect(self._report)
         return labels
 
@@ -386,6 +383,14 @@ def _transform(layer: Any) -> dict[str, Any]:
     kwargs = same_grid_kwargs(layer)
     kwargs.pop("units")
     return kwargs
+
+
+def ready_to_paint(labels: Any) -> None:
+    """Lesion in red, label 1 selected, a 5 mm brush, paint mode (Ctrl+Z undoes a stroke)."""
+    labels.colormap = LABEL_COLORS
+    labels.selected_label = 1
+    labels.brush_size = BRUSH_MM
+    labels.mode = "paint"
 
 
 def show_axial(viewer: napari.viewer.Viewer) -> None:

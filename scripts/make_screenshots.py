@@ -1,0 +1,71 @@
+"""Regenerate the user guide's screenshots (docs/images/guide_*.png) from the real napari viewer.
+
+    xvfb-run -a -s "-screen 0 1600x1200x24" python3 scripts/make_screenshots.py [--weights FILE]
+
+It opens the bundled sample the way ``dunet view`` does. With weights (``--weights``, or the
+ones bundled with the package) the lesion screenshots show the network's result from the
+Segment lesion widget; without weights they show the sample's manual tracing in its place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_dunet import model_store
+from napari_dunet._reader import read_nifti
+from napari_dunet._sample_data import SAMPLE_MASK
+from napari_dunet._widgets.segment import SegmentWidget, ready_to_paint
+from napari_dunet.commands.view import open_viewer
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
+
+
+def settle(seconds: float = 0.5) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, help="checkpoint for the lesion screenshots")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    viewer = open_viewer([], args.weights)
+    viewer.window.resize(1500, 900)
+    [widget] = [w for w in viewer.window.dock_widgets.values() if isinstance(w, SegmentWidget)]
+    image = viewer.layers["sample T1"]
+    [(tracing, tracing_kwargs, _)] = read_nifti(SAMPLE_MASK)
+    centre = np.argwhere(tracing).mean(axis=0).round().astype(int)
+    viewer.dims.set_point(2, image.data_to_world(centre)[2])
+    viewer.reset_view()
+    settle()
+    viewer.screenshot(OUT / "guide_image.png", canvas_only=True)
+
+    if model_store.current_checkpoint() is not None:
+        widget.run()
+        while widget._worker is not None:
+            settle(0.2)
+        source = "the network's result"
+    else:
+        labels = viewer.add_labels(tracing, **{**tracing_kwargs, "name": "sample T1 lesion"})
+        viewer.layers.selection.active = labels
+        ready_to_paint(labels)
+        source = "the sample's manual tracing (no weights available)"
+    settle()
+    viewer.screenshot(OUT / "guide_lesion.png", canvas_only=True)
+    viewer.screenshot(OUT / "guide_window.png", canvas_only=False)
+    print(f"wrote {OUT}/guide_image.png, guide_lesion.png, guide_window.png; lesion: {source}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
