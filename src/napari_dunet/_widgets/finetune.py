@@ -1,0 +1,365 @@
+"""The "Fine-tune" dock widget: teach the current model from hand-corrected masks.
+
+The user's loop: segment, correct the Labels layer by hand, fine-tune on the corrected cases,
+segment again. Training pairs are (Image layer, Labels layer) pairs and labelled cases from a
+folder. Training runs in a napari generator worker that yields the engine's events (progress
+bar, live plot of training loss and validation DSC) while the viewer stays responsive; Stop
+ends it after the current step. On finish or Stop the best saved checkpoint becomes the model
+of "Segment lesion" (``model_store.set_checkpoint``). torch is imported only in the worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Generator
+
+import napari
+import numpy as np
+from magicgui.widgets import (ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar,
+                              PushButton, Select, SpinBox)
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from .. import model_store
+from ..errors import DunetError, InputError
+from ..io import Case, Volume
+from ..layers import layer_volume, same_grid_kwargs
+from ..training.config import TrainConfig
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LOSSES = ("eml", "focal", "dice")
+MODEL_FOLDER = Path.home() / "napari-dunet" / "models"
+
+
+@dataclass
+class LayerPair:
+    """An image and its corrected mask, copied out of the viewer (no napari objects)."""
+
+    name: str
+    volume: Volume
+    mask: np.ndarray
+
+
+@dataclass
+class Preparing:
+    """Progress of reading and preprocessing the training pairs."""
+
+    done: int
+    total: int
+
+
+@dataclass
+class FinetuneJob:
+    """What a run needs, collected in the GUI thread."""
+
+    pairs: list[LayerPair | Case]
+    config: TrainConfig
+    out: Path
+    init: Path | None
+    val_pairs: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def finetune_events(job: FinetuneJob, cancel: Any = None) -> Generator[Any, None, Any]:
+    """Prepare the pairs, then train (Qt-free; runs in the worker thread).
+
+    Yields ``Preparing`` and the engine's ``StepProgress``/``EpochMetrics``; returns its
+    ``TrainResult``.
+    """
+    from ..checkpoint import read_metadata
+    from ..training.data import load_case, prepare_case, split_cases
+    from ..training.engine import training_events
+
+    if job.init is not None:
+        job.config.model = read_metadata(job.init)["model"]
+    size = job.config.input_size
+    cases = []
+    for pair in job.pairs:
+        if cancel is not None and cancel():
+            return None
+        cases.append(prepare_case(pair.volume.data, pair.mask, pair.volume.affine, pair.name, size)
+                     if isinstance(pair, LayerPair) else load_case(pair, size))
+        yield Preparing(len(cases), len(job.pairs))
+    fraction = job.val_pairs / len(cases) if job.val_pairs else 0.0
+    train_cases, val_cases = split_cases(cases, fraction, job.config.seed)
+    return (yield from training_events(train_cases, val_cases, job.config, job.out,
+                                       init=job.init, cancel=cancel))
+
+
+class FinetuneWidget(Container):
+    """Fine-tune the current segmentation model on corrected lesion masks."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        defaults = TrainConfig()
+        self._image = ComboBox(label="Image", choices=self._choices(napari.layers.Image),
+                               tooltip="A 3D T1-weighted Image layer")
+        self._mask = ComboBox(label="Corrected mask", choices=self._choices(napari.layers.Labels),
+                              tooltip="The lesion Labels layer you corrected on that image")
+        self._add_pair = PushButton(text="Add pair")
+        self._add_folder = PushButton(text="Add folder...",
+                                      tooltip="Images with lesion masks (ATLAS/BIDS or flat)")
+        self._pairs = Select(label="Training pairs", choices=[], allow_multiple=True,
+                             tooltip="Empty: the image and mask chosen above")
+        self._remove = PushButton(text="Remove selected")
+        self._epochs = SpinBox(label="Epochs", value=10, min=1, max=1000)
+        self._lr = LineEdit(label="Learning rate", value=f"{defaults.lr:g}",
+                            tooltip="Adam learning rate")
+        self._loss = ComboBox(label="Loss", choices=LOSSES, value=defaults.loss,
+                              tooltip="eml: the paper's enhanced mixing loss")
+        self._val = SpinBox(label="Validation pairs", value=0, min=0, max=100,
+                            tooltip="Pairs held out to measure DSC after every epoch")
+        self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
+        self._out = FileEdit(label="Save to", mode="w", filter="*.safetensors",
+                             value=default_output())
+        self._start = PushButton(text="Start")
+        self._stop = PushButton(text="Stop", enabled=False)
+        self._progress = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self._status = Label(label="Status", value="idle")
+        self.extend([self._image, self._mask, self._add_pair, self._add_folder, self._pairs,
+                     self._remove, self._epochs, self._lr, self._loss, self._val, self._device,
+                     self._out, self._start, self._stop, self._progress, self._status])
+        self._plot = TrainingPlot()
+        self.native.layout().addWidget(self._plot.canvas)
+
+        #: extra ``TrainConfig`` fields (e.g. ``batch_size``, ``input_size``) for scripting
+        self.config_overrides: dict[str, Any] = {}
+        self._sources: dict[str, Any] = {}  # list entry -> (image, labels) layers or io.Case
+        self._stop_requested = threading.Event()
+        self._worker: Any = None
+        self._job: FinetuneJob | None = None
+        self._saved = False
+
+        self._add_pair.changed.connect(self.add_current_pair)
+        self._add_folder.changed.connect(self._folder_clicked)
+        self._remove.changed.connect(self._remove_selected)
+        self._start.changed.connect(self.start)
+        self._stop.changed.connect(self.stop)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._layers_changed)
+        stop_requested = self._stop_requested  # the widget's attributes are gone on destroy
+        self.native.destroyed.connect(lambda *_: stop_requested.set())
+
+    # -- choosing pairs --------------------------------------------------------------------
+    def _choices(self, kind: type) -> Any:
+        return lambda _w=None: [(layer.name, layer) for layer in self._viewer.layers
+                                if isinstance(layer, kind)]
+
+    def _layers_changed(self, _event: Any = None) -> None:
+        self._image.reset_choices()
+        self._mask.reset_choices()
+
+    def _set_sources(self, sources: dict[str, Any]) -> None:
+        self._sources = sources
+        self._pairs.choices = list(sources)
+
+    def add_current_pair(self) -> None:
+        """Add the chosen (Image, Labels) pair to the training pairs."""
+        image, labels = self._image.value, self._mask.value
+        if image is None or labels is None:
+            show_warning("Choose an Image layer and its corrected Labels layer first.")
+            return
+        self._set_sources({**self._sources, f"{image.name} + {labels.name}": (image, labels)})
+
+    def add_folder(self, folder: str | Path) -> int:
+        """Add every labelled case under ``folder``; returns how many were added."""
+        from ..training.data import find_training_cases
+
+        try:
+            cases = find_training_cases([folder])
+        except DunetError as exc:
+            show_error(str(exc))
+            return 0
+        self._set_sources({**self._sources,
+                           **{f"{Path(folder).name}/{case.name}": case for case in cases}})
+        return len(cases)
+
+    def _folder_clicked(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self.native, "Folder of images with lesion masks")
+        if folder:
+            self.add_folder(folder)
+
+    def _remove_selected(self) -> None:
+        chosen = set(self._pairs.value or [])
+        self._set_sources({k: v for k, v in self._sources.items() if k not in chosen})
+
+    def _collect(self) -> FinetuneJob:
+        """Check the inputs and copy what a run needs; raises ``DunetError`` with what to fix."""
+        sources = dict(self._sources)
+        if not sources:
+            image, labels = self._image.value, self._mask.value
+            if image is None or labels is None:
+                raise InputError("Choose an Image layer and its corrected Labels layer (or add "
+                                 "training pairs) first.")
+            sources = {f"{image.name} + {labels.name}": (image, labels)}
+        pairs: list[LayerPair | Case] = []
+        for name, source in sources.items():
+            if isinstance(source, Case):
+                pairs.append(source)
+                continue
+            image, labels = source
+            if image not in self._viewer.layers or labels not in self._viewer.layers:
+                raise InputError(f"A layer of the pair '{name}' was closed; remove the pair.")
+            if image.ndim != 3 or image.rgb:
+                raise InputError(f"'{image.name}' is not a 3D single-channel image.")
+            volume = layer_volume(image.data, image.metadata, same_grid_kwargs(image))
+            pairs.append(LayerPair(name, volume, (np.asarray(labels.data) > 0).astype(np.uint8)))
+        try:
+            lr = float(self._lr.value)
+        except ValueError:
+            raise InputError(f"The learning rate {self._lr.value!r} is not a number.") from None
+        if self._val.value >= len(pairs):
+            raise InputError(f"{self._val.value} validation pair(s) leave nothing to train on: "
+                             f"add pairs or hold out fewer (there are {len(pairs)}).")
+        config = TrainConfig(epochs=int(self._epochs.value), lr=lr, loss=self._loss.value,
+                             device=self._device.value, **self.config_overrides)
+        if not (config.lr > 0 and np.isfinite(config.lr)):
+            raise InputError(f"The learning rate must be positive, got {self._lr.value}.")
+        out = Path(self._out.value)
+        if out.suffix != ".safetensors":
+            raise InputError(f"Save to a .safetensors file, not '{out.name}'.")
+        init = model_store.current_checkpoint()
+        notes = [] if init is not None else [
+            "No weights are loaded, so a new model is trained from scratch."]
+        return FinetuneJob(pairs, config, out, init, int(self._val.value), notes)
+
+    # -- running ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start fine-tuning in a worker thread (inputs are checked first)."""
+        if self._worker is not None:
+            return
+        try:
+            job = self._collect()
+        except DunetError as exc:
+            show_warning(str(exc))
+            return
+        for note in job.notes:
+            show_info(note)
+        self._job, self._saved = job, False
+        self._stop_requested.clear()
+        self._plot.clear(validation=job.val_pairs > 0)
+        self._set_running(True)
+        self._status.value = "preparing the training pairs"
+        self._worker = create_worker(
+            finetune_events, job, cancel=self._stop_requested.is_set,
+            _connect={"yielded": self._on_event, "returned": self._on_finished,
+                      "aborted": lambda: self._on_finished(None), "errored": self._on_error,
+                      "finished": lambda: self._set_running(False)})
+
+    def stop(self) -> None:
+        """Stop after the current step; the last completed epoch's model is kept."""
+        self._stop_requested.set()
+        self._stop.enabled = False
+        self._status.value = "stopping after this step"
+
+    def _set_running(self, running: bool) -> None:
+        if not running:
+            self._worker = None
+        self._start.enabled = not running
+        self._stop.enabled = running
+        if running:
+            self._progress.value = 0
+
+    def _on_event(self, event: Any) -> None:
+        from ..training.engine import EpochMetrics, StepProgress
+
+        if isinstance(event, Preparing):
+            self._status.value = f"preparing pair {event.done} of {event.total}"
+        elif isinstance(event, StepProgress):
+            self._progress.max = max(event.total, 1)
+            self._progress.value = event.done
+            self._status.value = f"epoch {event.epoch}, step {event.step} of {event.steps}"
+            self._plot.add_step(event.epoch - 1 + event.step / event.steps, event.loss)
+        elif isinstance(event, EpochMetrics):
+            self._saved = self._saved or event.saved
+            self._plot.add_epoch(event.epoch, event.train_loss, event.val_dsc)
+            dsc = f", validation DSC {event.val_dsc:.3f}" if event.val_dsc is not None else ""
+            self._status.value = f"epoch {event.epoch}: loss {event.train_loss:.3f}{dsc}"
+
+    def _on_finished(self, result: Any) -> None:
+        """Hand the saved model to "Segment lesion" and get a fresh file name for the next run."""
+        job = self._job
+        checkpoint = result.checkpoint if result is not None else (
+            job.out if self._saved and job.out.is_file() else None)
+        message = result.message if result is not None else "Fine-tuning stopped."
+        self._status.value = message
+        if checkpoint is not None:
+            model_store.set_checkpoint(checkpoint)
+            self._out.value = default_output()
+            show_info(f"{message} 'Segment lesion' now uses {checkpoint.name}.")
+        else:
+            show_info(message)
+
+    def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, DunetError):
+            text = str(exc)
+        elif isinstance(exc, MemoryError):
+            text = "Not enough memory to fine-tune; lower the batch size or use fewer pairs."
+        else:
+            text = f"Fine-tuning failed: {type(exc).__name__}: {exc}"
+        self._status.value = "failed"
+        show_error(text)
+
+
+def default_output() -> Path:
+    """A new file name for a fine-tuned model, e.g. ``~/napari-dunet/models/finetuned-<time>``."""
+    return MODEL_FOLDER / f"finetuned-{datetime.now():%Y%m%d-%H%M%S}.safetensors"
+
+
+class TrainingPlot:
+    """Live plot: loss per step (faint), mean loss per epoch and validation DSC (right axis)."""
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 2.6), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(200)
+        self.loss_axes = self.figure.add_subplot()
+        self.dsc_axes = self.loss_axes.twinx()
+        self.steps: tuple[list[float], list[float]] = ([], [])
+        self.epochs: tuple[list[int], list[float], list[float | None]] = ([], [], [])
+        self.clear()
+
+    def clear(self, validation: bool = False) -> None:
+        self.steps = ([], [])
+        self.epochs = ([], [], [])
+        self.validation = validation
+        self.draw()
+
+    def add_step(self, position: float, loss: float) -> None:
+        self.steps[0].append(position)
+        self.steps[1].append(loss)
+        if len(self.steps[0]) % 5 == 1:  # redraw now and then: drawing costs more than a step
+            self.draw()
+
+    def add_epoch(self, epoch: int, loss: float, val_dsc: float | None) -> None:
+        self.epochs[0].append(epoch)
+        self.epochs[1].append(loss)
+        self.epochs[2].append(val_dsc)
+        self.draw()
+
+    def draw(self) -> None:
+        loss, dsc = self.loss_axes, self.dsc_axes
+        loss.clear()
+        dsc.clear()
+        loss.plot(*self.steps, color="tab:blue", alpha=0.3, linewidth=0.8)
+        loss.plot(self.epochs[0], self.epochs[1], "o-", color="tab:blue", label="training loss")
+        loss.set_xlabel("epoch")
+        loss.set_ylabel("loss", color="tab:blue")
+        dsc.set_ylim(0, 1)
+        dsc.yaxis.set_label_position("right")
+        if self.validation:
+            points = [(e, d) for e, d in zip(self.epochs[0], self.epochs[2]) if d is not None]
+            dsc.plot([p[0] for p in points], [p[1] for p in points], "s-", color="tab:red")
+            dsc.set_ylabel("validation DSC", color="tab:red")
+        else:
+            dsc.set_yticks([])
+        self.canvas.draw()

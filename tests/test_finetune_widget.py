@@ -1,0 +1,161 @@
+"""The "Fine-tune" widget: trains in the background, reports, stops, hands over the model."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import numpy as np
+import pytest
+
+from conftest import make_head
+from napari_dunet import model_store
+from napari_dunet.checkpoint import default_metadata, load_checkpoint, save_checkpoint
+from napari_dunet.models import MODELS, ModelSpec, build_model
+from napari_dunet.models.unet2d import DUNet
+
+FAST = {"input_size": 32, "batch_size": 4, "steps_per_epoch": 2}
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def tiny_checkpoint(monkeypatch, tmp_path):
+    """A narrow D-UNet checkpoint made the model in use; the model store is reset afterwards."""
+    monkeypatch.setitem(MODELS, "dunet-tiny", ModelSpec("dunet-tiny", "D-UNet, width 8", 0,
+                                                        partial(DUNet, base_width=8)))
+    path = save_checkpoint(tmp_path / "start.safetensors", build_model("dunet-tiny"),
+                           default_metadata("dunet-tiny"))
+    model_store.set_checkpoint(path)
+    yield path
+    model_store.set_checkpoint(None)
+
+
+def add_case(viewer, seed, shape=(40, 48, 12)):
+    image, mask = make_head(shape, seed=seed)
+    image_layer = viewer.add_image(image, name=f"t1-{seed}", scale=(1, 1, 3))
+    labels = viewer.add_labels(mask, name=f"t1-{seed} lesion", scale=(1, 1, 3))
+    return image_layer, labels
+
+
+def make_widget(viewer, tmp_path, epochs):
+    from napari_dunet._widgets.finetune import FinetuneWidget
+
+    widget = FinetuneWidget(viewer)
+    widget.config_overrides = dict(FAST)
+    widget._epochs.value = epochs
+    widget._out.value = tmp_path / "tuned.safetensors"
+    return widget
+
+
+def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
+        make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):
+    from napari_dunet._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    for seed in range(3):
+        add_case(viewer, seed)
+    segment = SegmentWidget(viewer)
+    widget = make_widget(viewer, tmp_path, epochs=2)
+    for image, labels in zip(viewer.layers[0::2], viewer.layers[1::2]):
+        widget._image.value, widget._mask.value = image, labels
+        widget.add_current_pair()
+    assert len(widget._pairs.choices) == 3
+    widget._val.value = 1
+    steps = []
+    widget._progress.changed.connect(steps.append)
+
+    widget.start()
+    assert not widget._start.enabled and widget._stop.enabled
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+
+    out = tmp_path / "tuned.safetensors"
+    assert widget._progress.value == widget._progress.max == 4
+    assert steps[-1] == 4 and len(set(steps)) >= 4
+    assert widget._plot.epochs[0] == [1, 2]
+    assert all(0 <= d <= 1 for d in widget._plot.epochs[2])  # validation DSC plotted
+    assert "Trained 2 epochs" in widget._status.value
+    assert model_store.current_checkpoint() == out
+    assert segment._weights.value == out  # "Segment lesion" follows the store
+    _, meta = load_checkpoint(out)
+    assert meta["model"] == "dunet-tiny" and meta["training"]["init"] == str(tiny_checkpoint)
+    assert meta["training"]["cases"] == {"train": 2, "validation": 1}
+    assert widget._out.value != out  # the next run will not overwrite this model
+    assert widget._start.enabled and not widget._stop.enabled
+
+    n_layers = len(viewer.layers)
+    segment._image.value = viewer.layers["t1-0"]
+    segment.run()  # segments with the fine-tuned model
+    qtbot.waitUntil(lambda: len(viewer.layers) == n_layers + 1, timeout=TIMEOUT_MS)
+    assert viewer.layers[-1].data.shape == viewer.layers["t1-0"].data.shape
+
+
+def test_stop_keeps_the_last_completed_epoch(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):
+    from napari_dunet.training.engine import EpochMetrics
+
+    viewer = make_napari_viewer()
+    add_case(viewer, 0)
+    widget = make_widget(viewer, tmp_path, epochs=200)
+    widget.start()
+    worker = widget._worker
+    worker.yielded.connect(lambda e: widget.stop() if isinstance(e, EpochMetrics) else None)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+    assert "Stopped during epoch" in widget._status.value
+    out = tmp_path / "tuned.safetensors"
+    assert model_store.current_checkpoint() == out
+    epoch = load_checkpoint(out)[1]["training"]["epoch"]
+    assert 1 <= epoch < 200 and widget._plot.epochs[0][-1] == epoch
+    assert widget._progress.value < widget._progress.max
+
+
+def test_stop_before_any_epoch_leaves_the_model_alone(make_napari_viewer, qtbot, tmp_path,
+                                                      tiny_checkpoint):
+    viewer = make_napari_viewer()
+    add_case(viewer, 0)
+    widget = make_widget(viewer, tmp_path, epochs=5)
+    widget.start()
+    widget.stop()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+    assert model_store.current_checkpoint() == tiny_checkpoint
+    assert not (tmp_path / "tuned.safetensors").exists()
+
+
+def test_mismatched_mask_is_refused_with_a_message(make_napari_viewer, qtbot, tmp_path,
+                                                   tiny_checkpoint):
+    viewer = make_napari_viewer()
+    image, _ = add_case(viewer, 0)
+    viewer.add_labels(np.zeros((40, 48, 10), np.uint8), name="wrong grid")
+    widget = make_widget(viewer, tmp_path, epochs=1)
+    widget._image.value, widget._mask.value = image, viewer.layers["wrong grid"]
+    errors = []
+    widget._on_error = errors.append
+    widget.start()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+    assert len(errors) == 1 and "shape" in str(errors[0])
+    assert model_store.current_checkpoint() == tiny_checkpoint
+
+
+def test_too_few_pairs_for_validation_do_not_start(make_napari_viewer, tmp_path, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    add_case(viewer, 0)
+    widget = make_widget(viewer, tmp_path, epochs=1)
+    widget._val.value = 1
+    widget.start()
+    assert widget._worker is None and widget._start.enabled
+
+
+def test_folder_pairs_are_listed(make_napari_viewer, tmp_path):
+    from test_training_cli import write_dataset
+
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, tmp_path, epochs=1)
+    assert widget.add_folder(write_dataset(tmp_path / "atlas", n=2)) == 2
+    assert widget._pairs.choices == ("atlas/sub-00", "atlas/sub-01")
+
+
+def test_importing_the_widget_does_not_import_torch():
+    import subprocess
+
+    code = ("import sys, napari_dunet._widgets.finetune; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
