@@ -12,10 +12,10 @@ cases found on one side only are listed in ``Matching.pred_only`` / ``Matching.t
 from __future__ import annotations
 
 import csv
-import io as _stringio
 import math
 import os
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -282,7 +282,7 @@ def csv_text(results: Sequence[CaseResult]) -> str:
     """CSV of one row per case (``ROW_FIELDS`` + ``notes``), then rows ``mean``, ``sd``,
     ``median`` (the ``SUMMARY_METRICS`` columns) and ``global`` (pooled DSC in ``dsc``).
     Infinite HD95 is written ``inf``; undefined values are left empty."""
-    buffer = _stringio.StringIO()
+    buffer = StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[*ROW_FIELDS, "notes"], lineterminator="\n")
     writer.writeheader()
     for result in results:
