@@ -197,6 +197,26 @@ def test_cancel_mid_run_adds_no_layer(make_napari_viewer, qtbot, fast_model, not
     assert widget._run.enabled and not widget._cancel.enabled
 
 
+def test_closing_napari_mid_run_stops_the_run_cleanly(make_napari_viewer, qtbot, fast_model,
+                                                      notes, tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz", shape=(40, 48, 20)))
+    listeners = len(model_store._listeners)
+    gate = threading.Event()
+    gate_progress(monkeypatch, gate)
+
+    def close_napari(done, total):
+        viewer.close()
+        gate.set()
+
+    monkeypatch.setattr(widget, "_show_progress", close_napari)
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None and not widget._alive, timeout=60_000)
+    assert widget._cancel_requested.is_set()
+    assert notes == {"info": [], "warning": [], "error": []}
+    assert len(model_store._listeners) == listeners - 1
+
+
 def test_viewer_stays_responsive_during_a_run(make_napari_viewer, qtbot, fast_model, notes,
                                               tmp_path, monkeypatch):
     viewer = make_napari_viewer()
@@ -261,6 +281,7 @@ def test_probability_map_is_shown_on_the_same_grid(make_napari_viewer, qtbot, fa
     run_and_wait(qtbot, widget)
     [probability] = [layer for layer in viewer.layers if isinstance(layer, Image) and layer is not image]
     assert np.array_equal(probability.data, widget._last.probability)
+    assert widget._image.value is image and probability not in widget._image.choices
     assert np.allclose(probability.data_to_world([3, 4, 5]), image.data_to_world([3, 4, 5]))
 
 

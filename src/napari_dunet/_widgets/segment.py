@@ -155,23 +155,27 @@ class SegmentWidget(Container):
         self._threshold.changed.connect(self._rethreshold)
         self._weights.changed.connect(self._weights_chosen)
         self._save.changed.connect(self._save_clicked)
-        layer_events = viewer.layers.events
-        for event in (layer_events.inserted, layer_events.removed, layer_events.moved):
+        self._alive = True
+        events = viewer.layers.events
+        self._layer_events = (events.inserted, events.removed, events.moved)
+        for event in self._layer_events:
             event.connect(self._layers_changed)
         self._unsubscribe = model_store.subscribe(self._checkpoint_changed)
         self.native.destroyed.connect(self._closed)
         self._layers_changed()
+        if viewer.layers.selection.active in self._image.choices:
+            self._image.value = viewer.layers.selection.active
 
     # -- inputs ----------------------------------------------------------------------------
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, napari.layers.Image)]
+                if isinstance(layer, napari.layers.Image) and ROLE not in layer.metadata]
 
-    def _layers_changed(self, _event: Any = None) -> None:
+    def _layers_changed(self, event: Any = None) -> None:
+        """Refresh the image choices; a scan that has just been opened becomes the one chosen."""
         self._image.reset_choices()
-        active = self._viewer.layers.selection.active
-        if isinstance(active, napari.layers.Image):
-            self._image.value = active
+        if getattr(event, "type", None) == "inserted" and event.value in self._image.choices:
+            self._image.value = event.value
         if not self._axial_view_set and any(
                 has_nifti_metadata(layer.metadata) for layer in self._viewer.layers):
             show_axial(self._viewer)
@@ -186,8 +190,12 @@ class SegmentWidget(Container):
             self._weights.value = path or model_store.current_checkpoint() or ""
 
     def _closed(self, *_: Any) -> None:
+        """The panel was closed: stop a run and stop listening to the viewer."""
+        self._alive = False
         self._cancel_requested.set()
         self._unsubscribe()
+        for event in self._layer_events:
+            event.disconnect(self._layers_changed)
 
     def _job(self) -> SegmentJob:
         """Check the inputs and collect a run's job; raises ``DunetError`` with what to fix."""
@@ -238,16 +246,22 @@ class SegmentWidget(Container):
     def _set_running(self, running: bool) -> None:
         if not running:
             self._worker = None
+        if not self._alive:
+            return
         self._run.enabled = not running
         self._cancel.enabled = running
         self._progress.visible = running
         self._progress.value = 0
 
     def _show_progress(self, done: int, total: int) -> None:
+        if not self._alive:
+            return
         self._progress.max = max(total, 1)
         self._progress.value = done
 
     def _failed(self, exc: Exception) -> None:
+        if not self._alive:
+            return
         if isinstance(exc, Cancelled):
             show_info("Segmentation cancelled; no layer was added.")
         elif isinstance(exc, DunetError):
@@ -259,6 +273,8 @@ class SegmentWidget(Container):
 
     def _finished_run(self, outcome: SegmentOutcome) -> None:
         image, job = self._running
+        if not self._alive:
+            return
         if image not in self._viewer.layers:
             show_info(f"'{image.name}' was closed during the run; the result was discarded.")
             return
@@ -324,6 +340,8 @@ class SegmentWidget(Container):
     def _report(self, _event: Any = None) -> None:
         """Show lesion volume (mL) and number of lesions (6-connected components)."""
         last = self._last
+        if not self._alive:
+            return
         if last is None or last.labels not in self._viewer.layers:
             self._summary.value = "-"
             return
