@@ -273,6 +273,20 @@ def test_threshold_and_reruns_never_clobber_an_edited_mask(
     assert any("has your edits" in note for note in notes["info"])
 
 
+def test_threshold_starts_at_the_checkpoint_recommendation(make_napari_viewer, qtbot, fast_model,
+                                                           notes, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz"))
+    model_store.set_checkpoint(tmp_path / "tuned.safetensors", model=fast_model,
+                               metadata={"model": "dunet", "threshold": 0.3})
+    run_and_wait(qtbot, widget)
+    assert widget._threshold.value == pytest.approx(0.3)
+    assert np.array_equal(labels_layers(viewer)[0].data, widget._last.probability >= 0.3)
+    widget._threshold.value = 0.6  # the user's choice then stays for later runs
+    run_and_wait(qtbot, widget)
+    assert widget._threshold.value == pytest.approx(0.6)
+
+
 def test_probability_map_is_shown_on_the_same_grid(make_napari_viewer, qtbot, fast_model, notes,
                                                    tmp_path):
     viewer = make_napari_viewer()

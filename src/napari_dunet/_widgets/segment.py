@@ -9,6 +9,7 @@ torch is imported only in the worker, when a run starts.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..errors import Cancelled, DunetError, InputError
 from ..io import Volume, strip_nifti_suffix
 from ..layers import LABEL_COLORS, has_nifti_metadata, layer_volume, same_grid_kwargs
 
+logger = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 WHOLE, CURRENT_SLICE = "whole volume", "current slice"
 BRUSH_MM = 5.0
@@ -48,6 +50,8 @@ class SegmentJob:
 class SegmentOutcome:
     probability: np.ndarray
     slice_range: tuple[int, int] | None
+    checkpoint: Path | None = None
+    threshold: float = 0.5  # the checkpoint's recommended threshold
     notes: list[str] = field(default_factory=list)
 
 
@@ -67,7 +71,8 @@ def segment_volume(job: SegmentJob, progress: Callable[[int, int], None] | None 
     except DunetError:
         raise DunetError(f"The device {job.device!r} is not available on this computer; "
                          "choose 'auto' or 'cpu'.") from None
-    model, _ = model_store.load_model(device)
+    checkpoint = model_store.current_checkpoint()
+    model, metadata = model_store.load_model(device)
     notes, slice_range = [], None
     if job.point is not None:
         geometry = SliceGeometry.for_volume(job.volume.data.shape, job.volume.affine)
@@ -90,7 +95,8 @@ def segment_volume(job: SegmentJob, progress: Callable[[int, int], None] | None 
         notes.append(f"The {device.type.upper()} device ran out of memory, so this run used the "
                      "CPU instead (slower).")
         probability = predict_volume(job.volume, model, device="cpu", **run)
-    return SegmentOutcome(probability, slice_range, notes)
+    return SegmentOutcome(probability, slice_range, checkpoint,
+                          float(metadata.get("threshold", 0.5)), notes)
 
 
 @dataclass
@@ -104,10 +110,10 @@ class _Result:
     threshold: float
     slice_range: tuple[int, int] | None
 
-    def mask(self, threshold: float | None = None) -> np.ndarray:
+    def mask(self) -> np.ndarray:
         from ..segmentation import threshold_mask
 
-        return threshold_mask(self.probability, self.threshold if threshold is None else threshold)
+        return threshold_mask(self.probability, self.threshold)
 
     def edited(self) -> bool:
         """True when the labels differ from what the network gave (the user painted on them)."""
@@ -149,13 +155,14 @@ class SegmentWidget(Container):
         self._cancel_requested = threading.Event()
         self._worker = None
         self._axial_view_set = False
+        self._threshold_from: Path | None = None  # checkpoint whose threshold the slider took
+        self._alive = True
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self._threshold.changed.connect(self._rethreshold)
         self._weights.changed.connect(self._weights_chosen)
         self._save.changed.connect(self._save_clicked)
-        self._alive = True
         events = viewer.layers.events
         self._layer_events = (events.inserted, events.removed, events.moved)
         for event in self._layer_events:
@@ -269,6 +276,7 @@ class SegmentWidget(Container):
         elif isinstance(exc, MemoryError):
             show_error("Not enough memory to segment this volume.")
         else:
+            logger.error("Segmentation failed", exc_info=exc)
             show_error(f"Segmentation failed: {type(exc).__name__}: {exc}")
 
     def _finished_run(self, outcome: SegmentOutcome) -> None:
@@ -278,6 +286,10 @@ class SegmentWidget(Container):
         if image not in self._viewer.layers:
             show_info(f"'{image.name}' was closed during the run; the result was discarded.")
             return
+        if outcome.checkpoint != self._threshold_from:  # a new checkpoint: its own threshold
+            self._threshold_from = outcome.checkpoint
+            with self._threshold.changed.blocked():
+                self._threshold.value = outcome.threshold
         result = _Result(image, None, job.volume, outcome.probability,
                          float(self._threshold.value), outcome.slice_range)
         result.labels = self._labels_for(image, result.mask())
