@@ -308,6 +308,30 @@ def test_a_new_checkpoint_from_another_widget_is_used(make_napari_viewer, fast_m
     assert model_store.load_model("cpu")[0] is fast_model
 
 
+def test_model_store_loads_once_and_reloads_a_changed_file(random_checkpoint, tmp_path):
+    import shutil
+
+    from napari_dunet.commands.segment import default_weights
+
+    path = tmp_path / "model.safetensors"
+    shutil.copyfile(random_checkpoint, path)
+    seen = []
+    unsubscribe = model_store.subscribe(seen.append)
+    try:
+        model_store.set_checkpoint(path)
+        first, metadata = model_store.load_model("cpu")
+        assert model_store.load_model("cpu")[0] is first and metadata["model"] == "dunet"
+        shutil.copyfile(random_checkpoint, tmp_path / "new.safetensors")
+        (tmp_path / "new.safetensors").replace(path)  # a training run wrote a new version
+        assert model_store.load_model("cpu")[0] is not first
+        model_store.set_checkpoint(None)
+        assert seen == [path, None]
+        assert model_store.current_checkpoint() == default_weights()  # back to the bundled
+    finally:
+        unsubscribe()
+        model_store.set_checkpoint(None)
+
+
 def test_bad_inputs_get_a_plain_message_and_lose_no_layer(
         make_napari_viewer, qtbot, fast_model, notes, tmp_path, monkeypatch):
     viewer = make_napari_viewer()

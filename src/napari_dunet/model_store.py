@@ -82,8 +82,8 @@ def subscribe(listener: Listener) -> Callable[[], None]:
 
 
 def _file_key(path: Path | None) -> tuple | None:
-    """Identity of a file version (path, size, modification time)."""
+    """Identity of a file version (path, inode, size, modification time)."""
     if path is None or not path.is_file():
         return (str(path),)
     stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
