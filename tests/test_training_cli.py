@@ -64,11 +64,14 @@ def test_fine_tune_takes_the_model_from_the_initial_checkpoint(dataset, tmp_path
     assert main(["train", "--data", str(dataset), "--out", str(base), "--model", tiny_model,
                  "--epochs", "1", "--val-fraction", "0", *FAST]) == 0
     tuned = tmp_path / "tuned.safetensors"
-    assert main(["train", "--data", str(dataset), "--out", str(tuned), "--init", str(base),
-                 "--epochs", "1", "--optimizer", "sgd", "--loss", "dice", *FAST]) == 0
+    images = [str(dataset / f"sub-0{i}_T1w.nii.gz") for i in (1, 2)]  # files, masks beside them
+    assert main(["train", "--data", *images, "--out", str(tuned), "--init", str(base),
+                 "--epochs", "1", "--optimizer", "sgd", "--loss", "dice", "--val-fraction", "0.5",
+                 *FAST]) == 0
     _, meta = load_checkpoint(tuned)
     assert meta["model"] == tiny_model and meta["training"]["init"] == str(base)
     assert meta["training"]["config"]["optimizer"] == "sgd"
+    assert meta["training"]["cases"] == {"train": 1, "validation": 1}
 
 
 @pytest.mark.parametrize("extra, message", [

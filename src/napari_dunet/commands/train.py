@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--data", required=True, nargs="+", type=Path, metavar="DIR",
-                        help="folders of T1 images with lesion masks (ATLAS/BIDS, R1.1 or flat layout)")
+                        help="folders of T1 images with lesion masks (ATLAS/BIDS, R1.1 or flat "
+                             "layout), or image files with their mask beside them")
     parser.add_argument("--out", required=True, type=Path, metavar="CHECKPOINT",
                         help="model to write (.safetensors); the resumable state goes beside it "
                              "as NAME.state.safetensors")

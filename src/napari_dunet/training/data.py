@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
@@ -91,11 +92,12 @@ def load_case(case: Case, input_size: int = INPUT_SIZE) -> TrainingCase:
 
 
 def find_training_cases(sources: Sequence[str | os.PathLike]) -> list[Case]:
-    """Cases with lesion masks under files/folders (``io.find_cases`` layouts), sorted by name.
+    """Cases with lesion masks in folders (``io.find_cases`` layouts) or image files (the mask
+    found beside the image as ``find_cases`` finds it in that folder), sorted by name.
 
     Cases without a mask are skipped with a warning; none left raises ``InputError``.
     """
-    cases = [case for source in sources for case in find_cases(source)]
+    cases = [case for source in sources for case in _cases_in(Path(source))]
     unlabelled = [c.name for c in cases if not c.masks]
     if unlabelled:
         warnings.warn(f"{len(unlabelled)} case(s) have no lesion mask and are skipped: "
@@ -109,6 +111,13 @@ def find_training_cases(sources: Sequence[str | os.PathLike]) -> list[Case]:
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise InputError(f"several cases share a name: {', '.join(dupes)}.")
     return labelled
+
+
+def _cases_in(source: Path) -> list[Case]:
+    if source.is_file():
+        beside = [c for c in find_cases(source.parent) if c.image.resolve() == source.resolve()]
+        return beside or find_cases(source)
+    return find_cases(source)
 
 
 def split_cases(cases: Sequence[T], val_fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:
