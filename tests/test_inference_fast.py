@@ -69,7 +69,9 @@ def test_prepared_copy_computes_the_same_function(name):
     with torch.inference_mode():
         expected = model.eval()(x)
         got = prepared(x.contiguous(memory_format=torch.channels_last))
+        single = prepared(x[1:])  # one stack: the case PyTorch alone would run slowly
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(single, expected[1:], atol=2e-5, rtol=1e-4)
 
 
 def test_prepared_copy_follows_weight_changes(model):
