@@ -7,6 +7,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_head
 from napari_dunet import model_store
@@ -16,6 +17,15 @@ from napari_dunet.models.unet2d import DUNet
 
 FAST = {"input_size": 32, "batch_size": 4, "steps_per_epoch": 2}
 TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks train faster on one thread, and do not stall when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -30,6 +30,15 @@ AFFINE = np.diag([1.0, 1.0, 3.0, 1.0])
 SHAPES = [(40, 48, 12), (44, 48, 12), (40, 52, 14), (36, 48, 12), (42, 46, 12)]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks train faster on one thread, and do not stall when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_model(monkeypatch):
     """A D-UNet of a quarter of the width (same code), registered for these tests only."""

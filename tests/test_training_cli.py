@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_head
 from napari_dunet.checkpoint import load_checkpoint, read_metadata
@@ -18,6 +19,15 @@ from napari_dunet.training.state import read_state, state_path
 
 SHAPES = [(40, 48, 12), (44, 48, 12), (40, 52, 14), (36, 48, 12), (42, 46, 12)]
 FAST = ["--input-size", "32", "--steps-per-epoch", "2", "--batch-size", "2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks train faster on one thread, and do not stall when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_dataset(root: Path, n: int = len(SHAPES)) -> Path:
