@@ -39,10 +39,14 @@ def synthetic_volume(shape=ATLAS_SHAPE, seed=0):
     return np.clip(image, 0, None).astype(np.float32), mask.astype(np.uint8)
 
 
-def measure(model: str, size: int, batch: int, steps: int, warmup: int, device: str) -> dict:
+def measure(model: str, size: int, batch: int, steps: int, warmup: int, device: str,
+            threads: int | None = None) -> dict:
     """Run one configuration in this process and return its figures."""
     import numpy as np
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from napari_dunet.training.config import TrainConfig
     from napari_dunet.training.data import prepare_case
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (at least 1)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--warmup and --steps must be at least 1")
     if args.one:
         print(json.dumps(measure(args.models[0], args.sizes[0], args.batch_size, args.steps,
-                                 args.warmup, args.device)))
+                                 args.warmup, args.device, args.threads)))
         return 0
     rows = []
     for model in args.models:
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--one", "--models", model, "--sizes", str(size),
                    "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--device", args.device]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 print(done.stderr, file=sys.stderr)
