@@ -157,8 +157,8 @@ class _Trainer:
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        amp = config.mixed_precision and self.device.type == "cuda"
-        self.autocast = (lambda: autocast_for(self.device)) if amp else contextlib.nullcontext
+        self.amp = config.mixed_precision and self.device.type == "cuda"
+        self.autocast = (lambda: autocast_for(self.device)) if self.amp else contextlib.nullcontext
         with self.autocast() as ctx:
             fp16 = getattr(ctx, "fast_dtype", None) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -263,7 +263,8 @@ class _Trainer:
         for case in self.val_cases:
             head = np.flatnonzero(case.head)
             probs = predict_slices(self.model, case.stacks(head), self.device,
-                                   self.config.val_batch_size, cancel=cancel)
+                                   self.config.val_batch_size, cancel=cancel,
+                                   precision="auto" if self.amp else "fp32")
             counts = confusion(probs.numpy() >= 0.5, case.masks[head].numpy())
             dsc_sum += dice(counts)
             pooled = pooled + counts
