@@ -57,8 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"network input size (default {d.input_size}, the shipped models')")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    parser.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false",
-                        help="train in float32 on GPUs too")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: mixed precision on GPUs, float32 on CPUs (default); bf16: "
+                             "bfloat16 autocast, also on CPUs (fast where they have bf16 "
+                             "instructions); fp32: float32 everywhere")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss, augment=args.augment, lesion_fraction=args.lesion_fraction,
         patience=args.patience, seed=args.seed, input_size=args.input_size,
         steps_per_epoch=args.steps_per_epoch, device=args.device,
-        mixed_precision=args.mixed_precision)
+        precision=args.precision)
     config.check()
     device = resolve_device(args.device)
     dist = Distributed.from_env(device.type)

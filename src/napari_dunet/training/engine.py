@@ -15,9 +15,9 @@ so a resumed run repeats the epochs an uninterrupted run would have done. A stop
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Sequence
@@ -28,7 +28,8 @@ from torch import nn
 
 from ..checkpoint import default_metadata, load_checkpoint, save_checkpoint
 from ..errors import Cancelled, CheckpointError, DunetError, InputError
-from ..inference import autocast_for, predict_slices, resolve_device
+from ..fast import cpu_has_native_bf16
+from ..inference import Precision, precision_context, predict_slices, resolve_device
 from ..losses import get_loss
 from ..metrics import Confusion, confusion, dice
 from ..models import build_model
@@ -157,8 +158,10 @@ class _Trainer:
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.amp = config.mixed_precision and self.device.type == "cuda"
-        self.autocast = (lambda: autocast_for(self.device)) if self.amp else contextlib.nullcontext
+        self.precision: Precision = config.precision  # type: ignore[assignment]
+        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn("this CPU has no bf16 instructions: bf16 training will be slow")
+        self.autocast = lambda: precision_context(self.device, self.precision)
         with self.autocast() as ctx:
             fp16 = getattr(ctx, "fast_dtype", None) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -264,7 +267,7 @@ class _Trainer:
             head = np.flatnonzero(case.head)
             probs = predict_slices(self.model, case.stacks(head), self.device,
                                    self.config.val_batch_size, cancel=cancel,
-                                   precision="auto" if self.amp else "fp32")
+                                   precision=self.precision)
             counts = confusion(probs.numpy() >= 0.5, case.masks[head].numpy())
             dsc_sum += dice(counts)
             pooled = pooled + counts
