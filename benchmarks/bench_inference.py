@@ -1,0 +1,472 @@
+"""Whole-volume inference benchmark: napari-dunet's path against the plain path, the hardware
+floor and a 3D nnU-Net-style peer, in one run (ratios stay meaningful on a busy machine).
+
+    python benchmarks/bench_inference.py [--device cpu|cuda] [--json] [--quick]
+
+The volume is ATLAS-sized (197x233x189, 1 mm MNI): nilearn's bundled MNI152 2009a template,
+which is exactly that grid (or, without nilearn, a synthetic head of that shape). Rows:
+
+* fast: ``predict_volume`` as the CLI and the widget run it (default precision), end to end:
+  read the NIfTI, predict, threshold, write the mask.
+* bf16: the same with ``precision="bf16"`` (where the device runs bf16 natively).
+* naive: the same model, eager fp32, every slice in batches of 16, no other optimisation.
+* floor: FLOPs actually computed / the rate of a plain matrix product on the same device.
+* peer: MONAI's DynUNet (nnU-Net 3D full-resolution layout) with ``sliding_window_inference``
+  (128^3 windows, 0.5 overlap, Gaussian blending, no test-time mirroring), random weights.
+
+Weights are random (timings do not depend on them); masks are compared at the naive map's
+median probability so that agreement is measured where it is hardest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from napari_dunet.fast import cpu_has_native_bf16, prepare_model
+from napari_dunet.inference import predict_volume, resolve_device
+from napari_dunet.io import load_volume, save_mask
+from napari_dunet.metrics import confusion, dice
+from napari_dunet.models import build_model
+from napari_dunet.preprocessing import INPUT_SIZE
+from napari_dunet.segmentation import threshold_mask
+
+ATLAS_SHAPE = (197, 233, 189)
+MNI_TEMPLATE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+QUICK_SLICES = 8  # --quick: the top 4 slices of the head and 4 above it
+
+
+# -- input ------------------------------------------------------------------------------------
+def atlas_sized_image(quick: bool) -> tuple[nib.Nifti1Image, str]:
+    """The MNI152 2009a T1 template (197x233x189, 1 mm), else a synthetic head of that shape."""
+    try:
+        import nilearn
+
+        image = nib.load(Path(nilearn.__file__).parent / MNI_TEMPLATE)
+        data, affine, source = np.asarray(image.dataobj), image.affine, "MNI152 2009a (nilearn)"
+    except (ImportError, FileNotFoundError):
+        data, affine, source = synthetic_head(ATLAS_SHAPE), np.diag([1.0, 1.0, 1.0, 1.0]), "synthetic head"
+    if quick:  # the top of the head, where it ends: a short run that still skips stacks
+        last = int(np.flatnonzero(data.reshape(-1, data.shape[2]).any(0))[-1])
+        start = min(max(last - 3, 0), data.shape[2] - QUICK_SLICES)
+        data = data[..., start:start + QUICK_SLICES]
+        source += f", slices {start}..{start + QUICK_SLICES - 1}"
+    out = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    out.set_qform(affine, 1)
+    out.set_sform(affine, 4)
+    return out, source
+
+
+def synthetic_head(shape: tuple[int, int, int]) -> np.ndarray:
+    """A uint8 head: bright scalp shell, grey brain with darker ventricles, zero air around it
+    (about 3/4 of the voxels) and no head in the top and bottom 8% of the slices."""
+    grid = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    x, y, z = np.meshgrid(*grid, indexing="ij")
+    r = np.sqrt((x / 0.8) ** 2 + (y / 0.85) ** 2 + (z / 0.84) ** 2)
+    vent = np.sqrt((x / 0.15) ** 2 + (y / 0.35) ** 2 + ((z - 0.1) / 0.25) ** 2)
+    head = np.where(r < 1, 110.0, 0.0) + np.where((r > 0.9) & (r < 1), 90.0, 0.0)
+    head -= np.where(vent < 1, 70.0, 0.0)
+    rng = np.random.default_rng(0)
+    head += np.where(r < 1, rng.normal(0, 6, shape), 0.0)
+    return np.clip(head, 0, 255).astype(np.uint8)
+
+
+# -- measuring --------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class ModelClock:
+    """Wall time spent inside ``model.forward`` and the number of stacks it saw."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.seconds, self.stacks, self._t, self.device = 0.0, 0, 0.0, device
+        self._handles = [model.register_forward_pre_hook(self._pre),
+                         model.register_forward_hook(self._post)]
+
+    def _pre(self, _module, args):
+        sync(self.device)
+        self.stacks += len(args[0])
+        self._t = time.perf_counter()
+
+    def _post(self, _module, _args, _out):
+        sync(self.device)
+        self.seconds += time.perf_counter() - self._t
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def segment_file(path: Path, model: nn.Module, out: Path, device: torch.device, *, clock_on,
+                 **options) -> dict:
+    """Read -> predict -> threshold -> write, timed per stage (what ``segment_case`` does)."""
+    clock = ModelClock(clock_on, device)
+    try:
+        t0 = time.perf_counter()
+        volume = load_volume(path)
+        t1 = time.perf_counter()
+        prob = predict_volume(volume, model, device=device, **options)
+        t2 = time.perf_counter()
+        save_mask(threshold_mask(prob), volume, out, overwrite=True)
+        t3 = time.perf_counter()
+    finally:
+        clock.close()
+    return dict(seconds=t3 - t0, read=t1 - t0, predict=t2 - t1, write=t3 - t2,
+                model=clock.seconds, stacks=clock.stacks, prob=prob)
+
+
+def flops_per_stack(model: nn.Module, device: torch.device) -> int:
+    """Convolution and matrix FLOPs of one stack (the plain model: the counter does not know
+    the oneDNN calls of the prepared copy, which does the same convolutions)."""
+    x = torch.zeros(1, 4, INPUT_SIZE, INPUT_SIZE, device=device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, quick: bool) -> dict:
+    """FLOP/s of a plain matrix product: ``torch.mm``, and on CPU also the same product run by
+    oneDNN (a 1x1 convolution), the library the network's convolutions use; best of a few."""
+    n = 1024 if quick else (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    rates = {"mm": best_rate(lambda: a @ b, 2 * n**3, device, 3 if quick else 5)}
+    if device.type == "cpu":
+        x = torch.randn(1, n, n, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = b.reshape(n, n, 1, 1)  # out[o, h] = sum_c w[o, c] x[c, h]: an n x n x n product
+        rates["onednn"] = best_rate(lambda: nn.functional.conv2d(x, w), 2 * n**3, device,
+                                    3 if quick else 5)
+    return rates
+
+
+def best_rate(fn, flops: int, device: torch.device, repeats: int) -> float:
+    with torch.inference_mode():
+        fn()
+        sync(device)
+        best = math.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            best = min(best, time.perf_counter() - t)
+    return flops / best
+
+
+def peak_rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB else
+
+
+def agreement(reference: np.ndarray, other: np.ndarray) -> float:
+    threshold = float(np.median(reference[reference > 0]))
+    return dice(confusion(reference >= threshold, other >= threshold))
+
+
+# -- the peer ---------------------------------------------------------------------------------
+def run_peer(path: Path, out: Path, device: torch.device, quick: bool) -> dict:
+    """MONAI DynUNet in nnU-Net's 3D full-resolution layout, sliding windows over the volume,
+    end to end like the fast path: read, predict, write the mask. ``quick``: a 64x64 in-plane
+    crop, 32^3 windows and four levels (only checks that the peer runs)."""
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import DynUNet
+
+    from napari_dunet.preprocessing import normalize_intensity
+
+    roi, levels = ((32, 32, 32), 4) if quick else ((128, 128, 128), 6)
+    torch.manual_seed(0)
+    net = DynUNet(3, 1, 2, kernel_size=[3] * levels, strides=[1] + [2] * (levels - 1),
+                  upsample_kernel_size=[2] * (levels - 1),
+                  filters=[32, 64, 128, 256, 320, 320][:levels]).to(device).eval()
+    windows = []
+
+    def predictor(patch: torch.Tensor) -> torch.Tensor:
+        windows.append(len(patch))
+        return net(patch)
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(torch.zeros(1, 1, *roi, device=device))
+    t0 = time.perf_counter()
+    volume = load_volume(path)
+    data = normalize_intensity(volume.data)
+    if quick:
+        x0, y0 = (data.shape[0] - 64) // 2, (data.shape[1] - 64) // 2
+        data = data[x0:x0 + 64, y0:y0 + 64]
+    x = torch.from_numpy(np.ascontiguousarray(data))[None, None].to(device)
+    with torch.inference_mode(), peer_precision(device):
+        logits = sliding_window_inference(x, roi, 1, predictor, overlap=0.5, mode="gaussian")
+        mask = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    if not quick:
+        save_mask(mask, volume, out, overwrite=True)
+    sync(device)
+    return dict(seconds=time.perf_counter() - t0, windows=sum(windows), roi=list(roi),
+                flops=int(counter.get_total_flops()) * sum(windows))
+
+
+def peer_precision(device: torch.device):
+    """The peer runs as nnU-Net predicts: mixed precision on GPUs, fp32 on CPUs."""
+    return (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+            else contextlib.nullcontext())
+
+
+# -- a cohort -------------------------------------------------------------------------------
+def run_cohort(path: Path, model: nn.Module, folder: Path, device: torch.device, n: int,
+               options: dict) -> dict:
+    """``n`` scans one after another, then streamed: the next scans read by ``prefetch`` and
+    the masks written by a background thread while the network works on the current scan."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_dunet.inference import prefetch
+
+    def segment(volume, i: int):
+        prob = predict_volume(volume, model, device=device, **options)
+        return threshold_mask(prob), volume, folder / f"mask_{i}.nii.gz"
+
+    paths = [path] * n
+    t0 = time.perf_counter()
+    for i, p in enumerate(paths):
+        mask, volume, out = segment(load_volume(p), i)
+        save_mask(mask, volume, out, overwrite=True)
+    t1 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        writes = []
+        for i, (_, volume) in enumerate(prefetch(paths, load_volume)):
+            if isinstance(volume, Exception):
+                raise volume
+            mask, volume, out = segment(volume, i)
+            writes.append(writer.submit(save_mask, mask, volume, out, overwrite=True))
+        for w in writes:
+            w.result()
+    t2 = time.perf_counter()
+    return dict(cohort_volumes=n, cohort_sequential_seconds=t1 - t0,
+                cohort_streamed_seconds=t2 - t1, cohort_volumes_per_second=n / (t2 - t1))
+
+
+# -- the run ----------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    model = build_model("dunet").to(device).eval()  # where the plain path would move it
+    load_before = os.getloadavg()
+    image, source = atlas_sized_image(args.quick)
+    results: dict = {"device": str(device), "torch": torch.__version__, "quick": args.quick,
+                     "volume": source, "shape": list(image.shape), "batch_size": args.batch_size,
+                     "threads": torch.get_num_threads(), "precision": args.precision,
+                     "cpu": platform.processor() or platform.machine(),
+                     "cpu_native_bf16": cpu_has_native_bf16(), "load_average_before": load_before}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t1.nii.gz"
+        nib.save(image, path)
+        out = Path(tmp) / "mask.nii.gz"
+        fast_opts = dict(batch_size=args.batch_size, precision=args.precision)
+        naive_opts = dict(batch_size=16, precision="fp32", optimize=False)
+
+        # warm-up (oneDNN/cuDNN kernel selection) and the one-off preparation of the copy
+        warm = load_volume(path)
+        t = time.perf_counter()
+        prepared = prepare_model(model, device)
+        results["prepare_seconds"] = time.perf_counter() - t
+        n = warm.data.shape[2]
+        middle = n // 2
+        warm_range = (max(middle - 8, 0), min(middle + 8, n))  # one batch of 16, as timed below
+        for opts in (fast_opts, naive_opts):
+            predict_volume(warm, model, device=device, slice_range=warm_range, **opts)
+
+        fast_runs, naive_runs = [], []
+        for _ in range(args.repeats):  # interleaved, so both see the same machine load
+            fast_runs.append(segment_file(path, model, out, device, clock_on=prepared, **fast_opts))
+            if not naive_runs:
+                results["peak_memory_mb"] = peak_rss_mb()
+                if device.type == "cuda":
+                    results["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            naive_runs.append(segment_file(path, model, out, device, clock_on=model, **naive_opts))
+        fast = min(fast_runs, key=lambda r: r["seconds"])
+        naive = min(naive_runs, key=lambda r: r["seconds"])
+
+        # the current slice, as the widget segments it (volume already loaded, model prepared)
+        slice_times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            predict_volume(warm, model, device=device, slice_range=(middle, middle + 1), **fast_opts)
+            slice_times.append(time.perf_counter() - t)
+
+        bf16 = None
+        if not args.quick and (device.type == "cuda" or cpu_has_native_bf16()):
+            bf16 = segment_file(path, model, out, device, clock_on=prepared,
+                                batch_size=args.batch_size, precision="bf16")
+
+        per_stack = flops_per_stack(model, device)
+        dtype = torch.bfloat16 if device.type == "cuda" and args.precision != "fp32" else torch.float32
+        rates = matmul_rate(device, dtype, args.quick)
+        rates_bf16 = matmul_rate(device, torch.bfloat16, args.quick) if bf16 else None
+        peer = None if args.skip_peer else run_peer(path, out, device, args.quick)
+        cohort = (run_cohort(path, model, Path(tmp), device, args.cohort, fast_opts)
+                  if args.cohort else {})
+
+    rate = max(rates.values())
+    results.update(
+        volume_seconds=fast["seconds"], model_seconds=fast["model"],
+        read_seconds=fast["read"], predict_seconds=fast["predict"], write_seconds=fast["write"],
+        naive_seconds=naive["seconds"], naive_model_seconds=naive["model"],
+        volume_runs=[r["seconds"] for r in fast_runs], naive_runs=[r["seconds"] for r in naive_runs],
+        speedup=naive["seconds"] / fast["seconds"], model_speedup=naive["model"] / fast["model"],
+        stacks_total=n, stacks_run=fast["stacks"], flops_per_stack=per_stack,
+        flops_per_volume=per_stack * n, flops_actually_computed=per_stack * fast["stacks"],
+        matmul_flops_per_second=rate, matmul_dtype=str(dtype).replace("torch.", ""),
+        matmul_rates={k: v for k, v in rates.items()},
+        floor_seconds=per_stack * fast["stacks"] / rate,
+        dsc_vs_naive=agreement(naive["prob"], fast["prob"]),
+        max_abs_diff_vs_naive=float(np.abs(naive["prob"] - fast["prob"]).max()),
+        slice_seconds=statistics.median(slice_times), slice_runs=slice_times,
+        load_average_after=os.getloadavg())
+    results["floor_ratio"] = results["model_seconds"] / results["floor_seconds"]
+    results.update(cohort)
+    if bf16:
+        bf16_rate = max(rates_bf16.values())
+        results.update(
+            bf16_volume_seconds=bf16["seconds"], bf16_model_seconds=bf16["model"],
+            bf16_speedup=naive["seconds"] / bf16["seconds"],
+            bf16_dsc_vs_naive=agreement(naive["prob"], bf16["prob"]),
+            bf16_max_abs_diff_vs_naive=float(np.abs(naive["prob"] - bf16["prob"]).max()),
+            bf16_matmul_flops_per_second=bf16_rate, bf16_matmul_rates=rates_bf16,
+            bf16_floor_seconds=per_stack * bf16["stacks"] / bf16_rate)
+        results["bf16_floor_ratio"] = bf16["model"] / results["bf16_floor_seconds"]
+    if peer:
+        results.update(peer_seconds=peer["seconds"], peer_windows=peer["windows"],
+                       peer_roi=peer["roi"], peer_flops=peer["flops"],
+                       peer_ratio=peer["seconds"] / fast["seconds"])
+    return results
+
+
+# -- output -----------------------------------------------------------------------------------
+def table(r: dict) -> str:
+    g = 1e9
+    lines = [f"napari-dunet inference on {r['device']} ({r['cpu']}, {r['threads']} threads, "
+             f"torch {r['torch']}), volume {'x'.join(map(str, r['shape']))}: {r['volume']}",
+             f"load average before/after: {r['load_average_before'][0]:.1f} / "
+             f"{r['load_average_after'][0]:.1f}",
+             "",
+             f"{'path':<34}{'end to end s':>13}{'model s':>10}{'stacks':>8}{'vs naive':>10}",
+             f"{'naive (eager fp32, batch 16)':<34}{r['naive_seconds']:>13.2f}"
+             f"{r['naive_model_seconds']:>10.2f}{r['stacks_total']:>8}{1:>10.2f}",
+             f"{'fast (' + r['precision'] + ', batch ' + str(r['batch_size']) + ')':<34}"
+             f"{r['volume_seconds']:>13.2f}{r['model_seconds']:>10.2f}{r['stacks_run']:>8}"
+             f"{r['volume_seconds'] / r['naive_seconds']:>10.2f}"]
+    if "bf16_volume_seconds" in r:
+        lines.append(f"{'fast bf16':<34}{r['bf16_volume_seconds']:>13.2f}"
+                     f"{r['bf16_model_seconds']:>10.2f}{r['stacks_run']:>8}"
+                     f"{r['bf16_volume_seconds'] / r['naive_seconds']:>10.2f}")
+    lines.append(f"{'floor (FLOPs / matmul rate)':<34}{'':>13}{r['floor_seconds']:>10.2f}"
+                 f"{r['stacks_run']:>8}")
+    if "peer_seconds" in r:
+        lines.append(f"{'peer: DynUNet 3D, sliding window':<34}{r['peer_seconds']:>13.2f}"
+                     f"{'':>10}{r['peer_windows']:>8}{r['peer_seconds'] / r['naive_seconds']:>10.2f}")
+    lines += [
+        "",
+        f"fast / naive end to end        {r['volume_seconds'] / r['naive_seconds']:.2f}   (target <= 0.5)",
+        f"fast model / floor             {r['floor_ratio']:.2f}   (target <= 1.5)",
+        f"current slice                  {r['slice_seconds']:.2f} s   (target < 0.5 s)",
+        f"peak memory (process RSS)      {r['peak_memory_mb']:.0f} MB   (target < 2500 MB)",
+        f"fast: read {r['read_seconds']:.2f} s, predict {r['predict_seconds']:.2f} s, "
+        f"write {r['write_seconds']:.2f} s; preparing the model once {r['prepare_seconds']:.2f} s",
+        f"agreement with naive           DSC {r['dsc_vs_naive']:.5f} at the median probability, "
+        f"max |dp| {r['max_abs_diff_vs_naive']:.1e}",
+        f"FLOPs: {r['flops_per_stack'] / g:.1f} G per stack, {r['flops_per_volume'] / g:.0f} G per "
+        f"volume, {r['flops_actually_computed'] / g:.0f} G computed",
+        "matmul " + r["matmul_dtype"] + ": " + ", ".join(
+            f"{k} {v / g:.0f} GFLOP/s" for k, v in r["matmul_rates"].items()),
+    ]
+    if "bf16_volume_seconds" in r:
+        lines += [f"bf16: model / bf16 floor {r['bf16_floor_ratio']:.2f}, DSC vs naive "
+                  f"{r['bf16_dsc_vs_naive']:.5f}, max |dp| {r['bf16_max_abs_diff_vs_naive']:.1e}, "
+                  "matmul " + ", ".join(f"{k} {v / g:.0f} GFLOP/s"
+                                        for k, v in r["bf16_matmul_rates"].items())]
+    if "cohort_volumes" in r:
+        lines.append(f"cohort of {r['cohort_volumes']}: one after another "
+                     f"{r['cohort_sequential_seconds']:.2f} s, streamed "
+                     f"{r['cohort_streamed_seconds']:.2f} s ({r['cohort_volumes_per_second']:.3f} scans/s)")
+    if "peer_seconds" in r:
+        lines.append(f"peer: {r['peer_windows']} windows of {'x'.join(map(str, r['peer_roi']))}, "
+                     f"{r['peer_flops'] / g:.0f} GFLOP, {r['peer_ratio']:.1f}x napari-dunet's time")
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    """Horizontal bars: end-to-end seconds per path, with the model's share and the floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("naive (eager fp32)", r["naive_seconds"], r["naive_model_seconds"]),
+            (f"napari-dunet ({r['precision']})", r["volume_seconds"], r["model_seconds"])]
+    if "bf16_volume_seconds" in r:
+        rows.append(("napari-dunet (bf16)", r["bf16_volume_seconds"], r["bf16_model_seconds"]))
+    rows.append(("floor (FLOPs / matmul)", r["floor_seconds"], r["floor_seconds"]))
+    if "peer_seconds" in r:
+        rows.append(("peer: DynUNet 3D sliding window", r["peer_seconds"], float("nan")))
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.4), layout="constrained")
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, [t for _, t, _ in rows], color="#c9d6e8", label="end to end (read, predict, write)")
+    ax.barh(y, [m for _, _, m in rows], height=0.45, color="#2f5d9b", label="network")
+    for yi, (_, total, _) in zip(y, rows):
+        ax.text(total, yi, f" {total:.1f} s", va="center", fontsize=9)
+    ax.set_yticks(y, [name for name, _, _ in rows])
+    ax.set_xlabel("seconds per 197x233x189 volume" if not r["quick"] else "seconds (quick run)")
+    ax.set_xlim(0, max(t for _, t, _ in rows) * 1.18)
+    ax.set_title(f"Whole-volume inference on {r['device']} ({r['threads']} threads)", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_SLICES} slices, small peer windows, no bf16 row (CI smoke run)")
+    parser.add_argument("--batch-size", type=int, default=16, help="fast path batch (default 16)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="fast path precision (default auto: fp32 on CPU, bf16 on GPU)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="end-to-end runs of fast and naive, interleaved; the best counts")
+    parser.add_argument("--skip-peer", action="store_true", help="leave out the MONAI peer")
+    parser.add_argument("--cohort", type=int, default=0, metavar="N",
+                        help="also segment N scans in a row, plain and streamed (prefetch)")
+    parser.add_argument("--save", type=Path, help="also write the JSON object to this file")
+    parser.add_argument("--plot", type=Path, help="also draw the results as a PNG")
+    parser.add_argument("--from-json", type=Path, metavar="FILE",
+                        help="do not measure: print (and --plot) results saved with --save")
+    args = parser.parse_args(argv)
+    results = json.loads(args.from_json.read_text()) if args.from_json else run(args)
+    text = json.dumps(results, indent=1)
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(text + "\n")
+    if args.plot:
+        plot(results, args.plot)
+    print(text if args.json else table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
