@@ -162,6 +162,8 @@ class _Trainer:
         if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
             warnings.warn("this CPU has no bf16 instructions: bf16 training will be slow")
         self.autocast = lambda: precision_context(self.device, self.precision)
+        if self.precision == "bf16" and self.device.type == "cpu":
+            _conv3d_in_float32(self.model)
         with self.autocast() as ctx:
             fp16 = getattr(ctx, "fast_dtype", None) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -332,6 +334,23 @@ class _Trainer:
         self.net = self.model = self.optimizer = None  # type: ignore[assignment]
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _conv3d_in_float32(model: nn.Module) -> None:
+    """Run the 3D convolutions in float32 under CPU bf16 autocast.
+
+    oneDNN's bf16 Conv3d weight gradient comes out non-finite for D-UNet's 3D stream on CPU
+    (PyTorch 2.13, e.g. 32->64 channels at depth 2); the 2D part keeps the bf16 speed-up.
+    """
+    def float32_forward(conv: nn.Conv3d) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", enabled=False):
+                return nn.Conv3d.forward(conv, x.float())
+        return forward
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv3d):
+            module.forward = float32_forward(module)
 
 
 def _epochs(n: int) -> str:
