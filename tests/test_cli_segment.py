@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from napari_dunet.cli import main
-from napari_dunet.commands import segment as segment_command
 
 
 def run(capsys, *args):
@@ -76,7 +75,7 @@ def test_bad_weights(small_nifti, tmp_path, capsys):
 
 
 def test_missing_weights_without_default(small_nifti, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(segment_command, "default_weights", lambda: None)
+    monkeypatch.setattr("napari_dunet.weights.default_checkpoint", lambda: None)
     code, _, err = run(capsys, small_nifti[0], "-o", tmp_path / "o")
     assert code == 2 and "--weights" in err
 

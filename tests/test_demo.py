@@ -68,7 +68,7 @@ def test_demo_keeps_existing_outputs_unless_overwrite(demo_run, random_checkpoin
 
 def test_demo_without_weights_writes_the_case_and_says_so(tmp_path, monkeypatch, capsys):
     pytest.importorskip("nilearn")
-    monkeypatch.setattr("napari_dunet.commands.segment.default_weights", lambda: None)
+    monkeypatch.setattr("napari_dunet.weights.default_checkpoint", lambda: None)
     assert main(["demo", "--out", str(tmp_path), "--no-viewer"]) == 2
     err = capsys.readouterr().err
     assert "no default weights" in err and "--weights" in err

@@ -311,7 +311,7 @@ def test_a_new_checkpoint_from_another_widget_is_used(make_napari_viewer, fast_m
 def test_model_store_loads_once_and_reloads_a_changed_file(random_checkpoint, tmp_path):
     import shutil
 
-    from napari_dunet.commands.segment import default_weights
+    from napari_dunet.weights import default_checkpoint
 
     path = tmp_path / "model.safetensors"
     shutil.copyfile(random_checkpoint, path)
@@ -326,7 +326,7 @@ def test_model_store_loads_once_and_reloads_a_changed_file(random_checkpoint, tm
         assert model_store.load_model("cpu")[0] is not first
         model_store.set_checkpoint(None)
         assert seen == [path, None]
-        assert model_store.current_checkpoint() == default_weights()  # back to the bundled
+        assert model_store.current_checkpoint() == default_checkpoint()  # back to the bundled
     finally:
         unsubscribe()
         model_store.set_checkpoint(None)

@@ -31,9 +31,9 @@ def current_checkpoint() -> Path | None:
     """The checkpoint in use: the last one set, else the bundled default (None if neither)."""
     if _state["path"] is not None:
         return _state["path"]
-    from .commands.segment import default_weights
+    from . import weights
 
-    return default_weights()
+    return weights.default_checkpoint()
 
 
 def set_checkpoint(path: str | os.PathLike | None, *, model: Any = None,

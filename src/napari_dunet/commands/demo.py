@@ -85,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_arrays, report
     from ..figures import save_overlay_png
     from ..io import atomic_write, save_mask, save_volume
-    from .segment import default_weights
+    from .. import weights as bundled
 
     paths = output_paths(args.out)
     if not args.overwrite:
         for path in paths.values():
             if path.exists():
                 raise InputError(f"{path} exists; pass --overwrite to replace it (or choose --out).")
-    weights = args.weights or default_weights()
+    weights = args.weights or bundled.default_checkpoint()
     image, truth, description = make_case(args.anatomy, args.lesion, args.seed)
     save_volume(image.data, image, paths["image"], dtype=image.data.dtype.type, overwrite=args.overwrite)
     save_mask(truth.data, image, paths["truth"], overwrite=args.overwrite)

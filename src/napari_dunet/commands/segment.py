@@ -26,19 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
-def default_weights() -> Path | None:
-    """The checkpoint bundled with the package, if any."""
-    from importlib.resources import files
-
-    path = Path(str(files("napari_dunet") / "weights" / "dunet_default.safetensors"))
-    return path if path.is_file() else None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..errors import DunetError, InputError
     from ..segmentation import segment_case
 
-    weights = args.weights or default_weights()
+    from .. import weights as bundled
+
+    weights = args.weights or bundled.default_checkpoint()
     if weights is None:
         raise DunetError("no weights given and no default weights are bundled; pass --weights FILE.")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
