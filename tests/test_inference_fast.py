@@ -84,6 +84,7 @@ def test_prepared_copy_follows_weight_changes(model):
         second = prepare_model(model, "cpu")
         assert second is not first
         torch.testing.assert_close(second.head.bias, model.head.bias)
+        assert second.head.full_precision  # the output layer stays fp32 under bf16 autocast
     finally:
         with torch.no_grad():
             model.head.bias.copy_(original)
@@ -142,7 +143,8 @@ def test_bf16_runs_close_to_fp32(model):
     fp32 = predict_volume(volume, model, device="cpu", slice_range=(4, 6))
     bf16 = predict_volume(volume, model, device="cpu", slice_range=(4, 6), precision="bf16")
     assert bf16.dtype == np.float32
-    assert np.abs(bf16 - fp32).max() < 0.05 and agreement(fp32, bf16) > 0.95
+    # bf16 rounds every layer's inputs (the output layer stays fp32): close, not equal
+    assert np.abs(bf16 - fp32).max() < 0.01 and agreement(fp32, bf16) > 0.99
     with pytest.raises(DunetError, match="precision"):
         predict_volume(volume, model, device="cpu", precision="fp8")
 
