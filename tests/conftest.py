@@ -47,6 +47,34 @@ def small_nifti(tmp_path) -> tuple[Path, Path]:
     return img_path, mask_path
 
 
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """Training tests (modules named test_training*/test_finetune*) run torch on one thread:
+    tiny networks train faster so, and do not stall when the CPU is shared."""
+    if not request.module.__name__.startswith(("test_training", "test_finetune")):
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_model(monkeypatch) -> str:
+    """A D-UNet of a quarter of the width (same code), registered for one test only."""
+    from functools import partial
+
+    from napari_dunet.models import MODELS, ModelSpec
+    from napari_dunet.models.unet2d import DUNet
+
+    monkeypatch.setitem(MODELS, "dunet-tiny", ModelSpec("dunet-tiny", "D-UNet, width 8", 0,
+                                                        partial(DUNet, base_width=8)))
+    return "dunet-tiny"
+
+
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised D-UNet checkpoint (seeded)."""

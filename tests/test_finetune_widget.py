@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import sys
-from functools import partial
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import make_head
 from napari_dunet import model_store
 from napari_dunet.checkpoint import default_metadata, load_checkpoint, save_checkpoint
-from napari_dunet.models import MODELS, ModelSpec, build_model
-from napari_dunet.models.unet2d import DUNet
+from napari_dunet.models import build_model
 
 FAST = {"input_size": 32, "batch_size": 4, "steps_per_epoch": 2}
 TIMEOUT_MS = 120_000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks train faster on one thread, and do not stall when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
-def tiny_checkpoint(monkeypatch, tmp_path):
+def tiny_checkpoint(tiny_model, tmp_path):
     """A narrow D-UNet checkpoint made the model in use; the model store is reset afterwards."""
-    monkeypatch.setitem(MODELS, "dunet-tiny", ModelSpec("dunet-tiny", "D-UNet, width 8", 0,
-                                                        partial(DUNet, base_width=8)))
-    path = save_checkpoint(tmp_path / "start.safetensors", build_model("dunet-tiny"),
-                           default_metadata("dunet-tiny"))
+    path = save_checkpoint(tmp_path / "start.safetensors", build_model(tiny_model),
+                           default_metadata(tiny_model))
     model_store.set_checkpoint(path)
     yield path
     model_store.set_checkpoint(None)

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from conftest import make_head
 from napari_dunet.checkpoint import load_checkpoint, read_metadata
 from napari_dunet.cli import main
-from napari_dunet.models import MODELS, ModelSpec
-from napari_dunet.models.unet2d import DUNet
 from napari_dunet.training.state import read_state, state_path
 
 SHAPES = [(40, 48, 12), (44, 48, 12), (40, 52, 14), (36, 48, 12), (42, 46, 12)]
 FAST = ["--input-size", "32", "--steps-per-epoch", "2", "--batch-size", "2"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks train faster on one thread, and do not stall when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_dataset(root: Path, n: int = len(SHAPES)) -> Path:
@@ -39,13 +26,6 @@ def write_dataset(root: Path, n: int = len(SHAPES)) -> Path:
         nib.save(nib.Nifti1Image(image, affine), root / f"sub-{i:02d}_T1w.nii.gz")
         nib.save(nib.Nifti1Image(mask, affine), root / f"sub-{i:02d}_label-L_desc-T1lesion_mask.nii.gz")
     return root
-
-
-@pytest.fixture
-def tiny_model(monkeypatch):
-    monkeypatch.setitem(MODELS, "dunet-tiny", ModelSpec("dunet-tiny", "D-UNet, width 8", 0,
-                                                        partial(DUNet, base_width=8)))
-    return "dunet-tiny"
 
 
 @pytest.fixture(scope="module")
