@@ -15,7 +15,7 @@ file's affine, header and qform/sform codes (``native_volume``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
