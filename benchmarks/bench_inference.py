@@ -415,24 +415,31 @@ def plot(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    default = r["precision"] if r["precision"] != "auto" else (
+        "fp32" if r["device"] == "cpu" else "bf16 autocast")
     rows = [("naive (eager fp32)", r["naive_seconds"], r["naive_model_seconds"]),
-            (f"napari-dunet ({r['precision']})", r["volume_seconds"], r["model_seconds"])]
+            (f"napari-dunet ({default})", r["volume_seconds"], r["model_seconds"]),
+            (f"floor {r['matmul_dtype']} (FLOPs / matmul)", r["floor_seconds"], r["floor_seconds"])]
     if "bf16_volume_seconds" in r:
-        rows.append(("napari-dunet (bf16)", r["bf16_volume_seconds"], r["bf16_model_seconds"]))
-    rows.append(("floor (FLOPs / matmul)", r["floor_seconds"], r["floor_seconds"]))
+        rows += [("napari-dunet (bf16)", r["bf16_volume_seconds"], r["bf16_model_seconds"]),
+                 ("floor bf16 (FLOPs / matmul)", r["bf16_floor_seconds"], r["bf16_floor_seconds"])]
     if "peer_seconds" in r:
         rows.append(("peer: DynUNet 3D sliding window", r["peer_seconds"], float("nan")))
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(rows) + 1.8), layout="constrained")
     y = np.arange(len(rows))[::-1]
     ax.barh(y, [t for _, t, _ in rows], color="#c9d6e8", label="end to end (read, predict, write)")
     ax.barh(y, [m for _, _, m in rows], height=0.45, color="#2f5d9b", label="network")
-    for yi, (_, total, _) in zip(y, rows):
-        ax.text(total, yi, f" {total:.1f} s", va="center", fontsize=9)
+    for yi, (name, total, _) in zip(y, rows):
+        ratio = "" if name.startswith("floor") else f"  ({total / r['naive_seconds']:.2f}x naive)"
+        ax.text(total, yi, f" {total:.1f} s{ratio}", va="center", fontsize=8.5)
     ax.set_yticks(y, [name for name, _, _ in rows])
     ax.set_xlabel("seconds per 197x233x189 volume" if not r["quick"] else "seconds (quick run)")
-    ax.set_xlim(0, max(t for _, t, _ in rows) * 1.18)
-    ax.set_title(f"Whole-volume inference on {r['device']} ({r['threads']} threads)", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.set_xlim(0, max(t for _, t, _ in rows) * 1.35)
+    load = r["load_average_before"][0], r["load_average_after"][0]
+    ax.set_title(f"Whole-volume inference on {r['device']}, {r['threads']} threads "
+                 f"(load average {load[0]:.1f} / {load[1]:.1f})", fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+              fontsize=8, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
