@@ -307,13 +307,14 @@ def run(args: argparse.Namespace) -> dict:
             predict_volume(warm, model, device=device, slice_range=(middle, middle + 1), **fast_opts)
             slice_times.append(time.perf_counter() - t)
 
+        fast_bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
         bf16 = None
-        if not args.quick and (device.type == "cuda" or cpu_has_native_bf16()):
+        if not args.quick and not fast_bf16 and (device.type == "cuda" or cpu_has_native_bf16()):
             bf16 = segment_file(path, model, out, device, clock_on=prepared,
                                 batch_size=args.batch_size, precision="bf16")
 
         per_stack = flops_per_stack(model, device)
-        dtype = torch.bfloat16 if device.type == "cuda" and args.precision != "fp32" else torch.float32
+        dtype = torch.bfloat16 if fast_bf16 else torch.float32
         rates = matmul_rate(device, dtype, args.quick)
         rates_bf16 = matmul_rate(device, torch.bfloat16, args.quick) if bf16 else None
         peer = None if args.skip_peer else run_peer(path, out, device, args.quick)

@@ -69,13 +69,17 @@ def precision_context(device: torch.device, precision: Precision = "auto"
     """``auto``: ``autocast_for(device)`` (mixed precision on GPUs, fp32 on CPU); ``fp32``: full
     precision everywhere; ``bf16``: bfloat16 autocast, also on CPU (fast where the CPU has
     bf16 instructions, see ``fast.cpu_has_native_bf16``)."""
+    check_precision(precision)
     if precision == "auto":
         return autocast_for(device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise DunetError(f"Unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise DunetError(f"Unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
 
 
 def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
@@ -132,8 +136,7 @@ def predict_volume(volume: Volume, model: nn.Module, *, device: str | torch.devi
     start, stop = slice_range or (0, n)
     if not 0 <= start < stop <= n:
         raise DunetError(f"slice range {start}..{stop} is outside 0..{n}.")
-    if precision not in PRECISIONS:
-        raise DunetError(f"Unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
+    check_precision(precision)
     if not optimize:
         slices = geometry.forward(normalize_intensity(volume.data))
         model = model.to(device).eval()
