@@ -12,20 +12,23 @@ from napari_dunet.cli import main
 
 
 @pytest.fixture
-def launched(monkeypatch, qtbot):
-    """Run ``dunet view ...`` without blocking in the event loop; yields (exit code, viewer)."""
+def launched(monkeypatch, make_napari_viewer):
+    """Run ``dunet view ...`` without blocking in the event loop; yields (exit code, viewer).
+
+    The command's viewer comes from napari's test fixture, which also resets napari's plugin
+    registrations between tests and closes the viewer afterwards.
+    """
     monkeypatch.setattr(napari, "run", lambda: None)
-    viewers = []
+    opened = []
+    monkeypatch.setattr(napari, "Viewer", lambda **kw: opened.append(make_napari_viewer(**kw))
+                        or opened[-1])
 
     def launch(*argv):
+        before = len(opened)
         code = main(["view", *map(str, argv)])
-        viewers.append(napari.current_viewer())
-        return code, viewers[-1]
+        return code, opened[-1] if len(opened) > before else None
 
     yield launch
-    for viewer in viewers:
-        if viewer is not None:
-            viewer.close()
     model_store.set_checkpoint(None)
 
 
