@@ -114,3 +114,10 @@ def test_stacks_hold_previous_two_current_and_next_slice():
     assert stacks.shape == (5, 4, 2, 2)
     assert stacks[:, :, 0, 0].tolist() == [[0, 0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 4],
                                            [2, 3, 4, 5], [3, 4, 5, 0]]
+
+
+def test_axial_slice_through_a_voxel():
+    flipped = np.diag([1.0, 1, -1, 1])
+    geometry = SliceGeometry.for_volume((10, 12, 8), flipped)
+    assert geometry.axial_slice_at((3, 4, 0)) == 7 and geometry.axial_slice_at((3, 4, 6.6)) == 0
+    assert geometry.axial_slice_at((0, 0, 99)) == 0  # clipped to the volume

@@ -105,6 +105,11 @@ class SliceGeometry:
         flipped = self.native_ornt[self.axial_axis, 1] < 0
         return self.n_slices - 1 - native_index if flipped else native_index
 
+    def axial_slice_at(self, voxel: tuple[float, ...]) -> int:
+        """Axial slice number through a native voxel position (clipped to the volume)."""
+        index = int(np.clip(round(voxel[self.axial_axis]), 0, self.n_slices - 1))
+        return self.axial_index(index)
+
     # -- slices -------------------------------------------------------------------------------
     def forward(self, data: np.ndarray) -> torch.Tensor:
         """Native volume -> ``(Z, 192, 192)`` float32 tensor of axial slices (rows y, columns x)."""

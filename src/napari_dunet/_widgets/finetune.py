@@ -219,8 +219,7 @@ class FinetuneWidget(Container):
                              f"add pairs or hold out fewer (there are {len(pairs)}).")
         config = TrainConfig(epochs=int(self._epochs.value), lr=lr, loss=self._loss.value,
                              device=self._device.value, **self.config_overrides)
-        if not (config.lr > 0 and np.isfinite(config.lr)):
-            raise InputError(f"The learning rate must be positive, got {self._lr.value}.")
+        config.check()
         out = Path(self._out.value)
         if out.suffix != ".safetensors":
             raise InputError(f"Save to a .safetensors file, not '{out.name}'.")

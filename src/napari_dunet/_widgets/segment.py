@@ -76,14 +76,13 @@ def segment_volume(job: SegmentJob, progress: Callable[[int, int], None] | None 
     notes, slice_range = [], None
     if job.point is not None:
         geometry = SliceGeometry.for_volume(job.volume.data.shape, job.volume.affine)
-        axis = geometry.axial_axis
-        index = int(np.clip(job.point[axis], 0, geometry.n_slices - 1))
-        first = geometry.axial_index(index)
+        first = geometry.axial_slice_at(job.point)
         slice_range = (first, first + 1)
+        axis = geometry.axial_axis
         if job.sliced_axes and axis not in job.sliced_axes:
             notes.append(f"The view does not show axial slices: segmented the axial slice through "
-                         f"the current point (voxel {index} along axis {axis}). Use 'whole "
-                         "volume', or slice along that axis, to see more.")
+                         f"the current point (axis {axis}). Use 'whole volume', or slice along "
+                         "that axis, to see more.")
     run = dict(batch_size=job.batch_size, slice_range=slice_range, progress=progress, cancel=cancel)
     try:
         probability = predict_volume(job.volume, model, device=device, **run)
