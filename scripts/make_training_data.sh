@@ -5,7 +5,8 @@
 # (sub-r001s081..100), both in the ATLAS v2.0 BIDS layout. Same seed, same files.
 #
 #   scripts/make_training_data.sh [OUT [extra dunet synth options...]]
-#   OUT defaults to runs/synthetic; LESIONS (../shared/data/lesions) and SEED (0) can be set.
+#   OUT defaults to runs/synthetic; LESIONS (../shared/data/lesions), SEED (0) and SITE (1: subjects
+#   sub-r001s...; another SITE keeps a second anatomy's cases apart by name) can be set.
 #   Needs nilearn (pip install -e ".[synth]"); about 1.7 GB for the 100 cases (float32 cases are the largest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ OUT=${1:-runs/synthetic}
 shift || true
 LESIONS=${LESIONS:-../shared/data/lesions}
 SEED=${SEED:-0}
+SITE=${SITE:-1}
 
 train=()
 heldout=()
@@ -24,9 +26,9 @@ for i in $(seq 1 100); do
 done
 
 # the two sets are independent: make them side by side
-dunet synth -o "$OUT/train" --lesions "${train[@]}" --first-index 1 --seed "$SEED" "$@" &
+dunet synth -o "$OUT/train" --lesions "${train[@]}" --first-index 1 --seed "$SEED" --site "$SITE" "$@" &
 train_job=$!
-dunet synth -o "$OUT/heldout" --lesions "${heldout[@]}" --first-index 81 --seed "$SEED" "$@" &
+dunet synth -o "$OUT/heldout" --lesions "${heldout[@]}" --first-index 81 --seed "$SEED" --site "$SITE" "$@" &
 heldout_job=$!
 wait "$train_job"
 wait "$heldout_job"

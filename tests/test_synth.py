@@ -56,9 +56,10 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path, ch2
         assert main(["synth", "-o", str(out), "--anatomy", str(ch2_2mm), "--seed", str(seed),
                      "--lesions", lesion_file]) == 0
         assert main(["synth", "-o", str(out), "--anatomy", str(ch2_2mm), "--seed", str(seed),
-                     "-n", "1", "--first-index", "2"]) == 0
+                     "-n", "1", "--first-index", "2", "--site", "2"]) == 0
         runs[name] = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert len(runs["a"]) == 2 * 3 + 1  # two cases x (T1w, mask, sidecar) + dataset_description
+    assert {p.parts[0] for p in runs["a"] if len(p.parts) > 1} == {"sub-r001s001", "sub-r002s002"}
     assert runs["a"] == runs["b"]
     images = [p for p in runs["a"] if p.name.endswith("_T1w.nii.gz")]
     assert all(runs["a"][p] != runs["c"][p] for p in images)

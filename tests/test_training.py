@@ -15,7 +15,7 @@ from conftest import make_head
 from napari_dunet.checkpoint import load_checkpoint, read_metadata
 from napari_dunet.errors import CheckpointError, InputError
 from napari_dunet.training import state as state_module
-from napari_dunet.training.augment import augment_batch
+from napari_dunet.training.augment import augment_batch, random_crops
 from napari_dunet.training.config import TrainConfig
 from napari_dunet.training.data import (BalancedSampler, make_batch, prepare_case,
                                         split_cases)
@@ -104,6 +104,30 @@ def test_augmentation_moves_image_and_mask_together():
     assert not torch.equal(out_masks, masks)  # and it did transform
     again = augment_batch(stacks, masks, torch.Generator().manual_seed(0))
     assert torch.equal(again[0], out_stacks)  # seeded
+
+
+def test_crops_keep_lesion_in_view_and_image_and_mask_aligned():
+    images = torch.rand(6, 4, 64, 64)
+    masks = torch.zeros(6, 1, 64, 64)
+    masks[:3, :, 50:54, 3:7] = 1  # a small lesion near a corner in the first three samples
+    images[:, 2:3] = masks  # the centre slice is the mask itself
+    out_images, out_masks = random_crops(images, masks, 32, torch.Generator().manual_seed(0))
+    assert out_images.shape == (6, 4, 32, 32) and out_masks.shape == (6, 1, 32, 32)
+    assert torch.equal(out_images[:, 2:3], out_masks)  # same window for stack and mask
+    assert (out_masks[:3].flatten(1).sum(1) > 0).all()  # lesion windows show lesion
+    again = random_crops(images, masks, 32, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], out_images)  # seeded
+    with pytest.raises(ValueError, match="exceeds"):
+        random_crops(images, masks, 80, torch.Generator())
+
+
+def test_training_on_crops_segments_whole_slices(tiny_model, tmp_path):
+    cases = synthetic_cases()
+    result = train(cases[:4], cases[4:], config(tiny_model, epochs=20, batch_size=8,
+                                                 steps_per_epoch=8, crop_size=16),
+                   tmp_path / "model.safetensors")
+    assert result.best_val_dsc > 0.5  # validated on whole 32x32 slices
+    assert load_checkpoint(result.checkpoint)[1]["training"]["config"]["crop_size"] == 16
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -262,7 +286,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_model, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("change, message", [
     ({"loss": "bce"}, "unknown loss"), ({"optimizer": "rmsprop"}, "unknown optimizer"),
-    ({"input_size": 100}, "multiple of 16"), ({"lr": 0.0}, "learning rate"),
+    ({"input_size": 100}, "multiple of 16"), ({"crop_size": 48}, "crop size"), ({"lr": 0.0}, "learning rate"),
     ({"model": "nope"}, "unknown model")])
 def test_bad_options_are_refused_with_a_clear_message(change, message, tmp_path):
     with pytest.raises(InputError, match=message):

@@ -21,7 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--cases", type=int, default=1,
                         help="number of cases with procedural lesions (ignored with --lesions)")
     parser.add_argument("--first-index", type=int, default=1,
-                        help="number of the first case: subjects are sub-r001s<NNN> (default 1)")
+                        help="number of the first case: subjects are sub-r<SITE>s<NNN> (default 1)")
+    parser.add_argument("--site", type=int, default=1,
+                        help="site number in the subject names, as in ATLAS (default 1: sub-r001s...); "
+                             "keeps the names of sets made from other anatomies apart")
     parser.add_argument("--seed", type=int, default=0,
                         help="case k is drawn from the seed (seed, k): same seed, same files")
     parser.add_argument("--mirror-prob", type=float, default=0.5,
@@ -44,11 +47,12 @@ def run(args: argparse.Namespace) -> int:
     sources = lesion_files(args.lesions) if args.lesions else [None] * args.cases
     if not sources:
         raise InputError("nothing to do: --cases must be at least 1.")
-    if args.first_index < 0:
-        raise InputError(f"--first-index must be 0 or more, got {args.first_index}.")
+    if args.first_index < 0 or not 0 <= args.site <= 999:
+        raise InputError(f"--first-index must be 0 or more and --site between 0 and 999, got "
+                         f"{args.first_index} and {args.site}.")
     anatomy = load_anatomy(args.anatomy)
     indices = range(args.first_index, args.first_index + len(sources))
-    subjects = [f"r001s{index:03d}" for index in indices]
+    subjects = [f"r{args.site:03d}s{index:03d}" for index in indices]
     if not args.overwrite:
         for subject in subjects:
             for path in bids_paths(args.output, subject, anatomy.space):

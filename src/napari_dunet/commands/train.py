@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: head slices / (batch size x processes)")
     parser.add_argument("--input-size", type=int, default=d.input_size,
                         help=f"network input size (default {d.input_size}, the shipped models')")
+    parser.add_argument("--crop-size", type=int, metavar="N",
+                        help="train on random N x N windows of the slices, centred on lesion for "
+                             "lesion slices (faster steps; default: whole slices)")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model or _init_model(args.init), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
         loss=args.loss, augment=args.augment, lesion_fraction=args.lesion_fraction,
-        patience=args.patience, seed=args.seed, input_size=args.input_size,
+        patience=args.patience, seed=args.seed, input_size=args.input_size, crop_size=args.crop_size,
         steps_per_epoch=args.steps_per_epoch, device=args.device,
         precision=args.precision)
     config.check()

@@ -29,6 +29,7 @@ class TrainConfig:
     patience: int = 10  # stop after this many epochs without a better validation DSC; 0: never
     seed: int = 0
     input_size: int = INPUT_SIZE
+    crop_size: int | None = None  # train on random windows of this size (None: whole slices)
     steps_per_epoch: int | None = None  # default: as many stacks as there are head slices
     val_batch_size: int = 16
     device: str = "auto"
@@ -56,6 +57,10 @@ class TrainConfig:
             problems.append(f"the lesion fraction must be in [0, 1], got {self.lesion_fraction}")
         if self.input_size < 16 or self.input_size % 16:
             problems.append(f"the input size must be a multiple of 16, got {self.input_size}")
+        if self.crop_size is not None and not (
+                16 <= self.crop_size <= self.input_size and self.crop_size % 16 == 0):
+            problems.append(f"the crop size must be a multiple of 16 between 16 and the input "
+                            f"size {self.input_size}, got {self.crop_size}")
         if self.patience < 0:
             problems.append(f"patience must be 0 (off) or more epochs, got {self.patience}")
         if self.precision not in PRECISIONS:

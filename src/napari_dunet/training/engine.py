@@ -33,7 +33,7 @@ from ..inference import Precision, precision_context, predict_slices, resolve_de
 from ..losses import get_loss
 from ..metrics import Confusion, confusion, dice
 from ..models import build_model
-from .augment import Augmentation, augment_batch
+from .augment import Augmentation, augment_batch, random_crops
 from .config import TrainConfig
 from .data import BalancedSampler, TrainingCase, make_batch
 from .distributed import Distributed
@@ -246,6 +246,8 @@ class _Trainer:
         images, masks = images.to(self.device), masks.to(self.device)
         if self.config.augment:
             images, masks = augment_batch(images, masks, generator, Augmentation())
+        if self.config.crop_size:
+            images, masks = random_crops(images, masks, self.config.crop_size, generator)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             probs = self.net(images)
