@@ -125,3 +125,15 @@ def test_threshold_out_of_range(small_nifti, random_checkpoint, tmp_path, capsys
     code, _, err = run(capsys, small_nifti[0], "-o", tmp_path / "o", "--weights",
                        random_checkpoint, "--threshold", value)
     assert code == 2 and "--threshold" in err
+
+
+def test_precision_option_reaches_the_network(small_nifti, random_checkpoint, tmp_path, capsys):
+    probs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        code, _, err = run(capsys, small_nifti[0], "-o", out, "--weights", random_checkpoint,
+                           "--device", "cpu", "--precision", precision, "--save-prob")
+        assert code == 0, err
+        probs[precision] = nib.load(out / "sub-01_prob.nii.gz").get_fdata()
+    difference = np.abs(probs["bf16"] - probs["fp32"])
+    assert 0 < difference.max() < 0.05  # bfloat16 arithmetic: close to float32, not identical

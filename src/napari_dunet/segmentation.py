@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inference import CancelCallback, ProgressCallback, predict_volume
+from .inference import CancelCallback, Precision, ProgressCallback, predict_volume
 from .io import Volume, load_volume, save_mask, save_volume, strip_nifti_suffix
 
 
@@ -38,11 +38,15 @@ def segment_case(image: str | os.PathLike | Volume, model: nn.Module,
                  device: str | torch.device = "auto", batch_size: int = 16,
                  save_prob: bool = False, overwrite: bool = False, name: str | None = None,
                  progress: ProgressCallback | None = None,
-                 cancel: CancelCallback | None = None) -> SegmentationResult:
-    """Segment one volume; with ``output_dir`` write ``<name>_mask.nii.gz`` (and ``_prob``)."""
+                 cancel: CancelCallback | None = None,
+                 precision: Precision = "auto") -> SegmentationResult:
+    """Segment one volume; with ``output_dir`` write ``<name>_mask.nii.gz`` (and ``_prob``).
+
+    ``precision``: see ``inference.precision_context``.
+    """
     volume = image if isinstance(image, Volume) else load_volume(image)
     prob = predict_volume(volume, model, device=device, batch_size=batch_size,
-                          progress=progress, cancel=cancel)
+                          progress=progress, cancel=cancel, precision=precision)
     mask = threshold_mask(prob, threshold)
     result = SegmentationResult(volume, prob, mask, lesion_volume_ml(mask, volume))
     if output_dir is not None:

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="probability threshold (default: the checkpoint's, 0.5)")
     parser.add_argument("--batch-size", type=int, default=16, help="stacks per forward pass")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: mixed precision on GPUs, float32 on CPUs (default); bf16: "
+                             "bfloat16 also on CPUs (faster where they have bf16 instructions)")
     parser.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     for case in cases:
         result = segment_case(case.image, model, args.output, threshold=threshold,
                               device=device, batch_size=args.batch_size,
-                              save_prob=args.save_prob, overwrite=args.overwrite, name=case.name)
+                              save_prob=args.save_prob, overwrite=args.overwrite, name=case.name,
+                              precision=args.precision)
         scores = score_case(case, result) if scored else ""
         print(f"{case.name:<32} {result.lesion_ml:>10.2f}{scores}  {result.mask_path}")
         sys.stdout.flush()
