@@ -49,3 +49,36 @@ def test_startup_benchmark_json():
                 "widget_import_seconds", "torch_import_seconds"):
         assert positive(r[key]), (key, r[key])
     assert math.isfinite(r["plugin_added_seconds"])  # a difference: noise can make it negative
+
+
+def test_model_comparison_runs_the_papers_three_models(tmp_path):
+    """Tiny budget (one step each): every model trains, segments the held-out case and is scored."""
+    import nibabel as nib
+    import numpy as np
+
+    from conftest import make_head
+    from napari_dunet.models import build_model, count_parameters
+
+    for folder, seeds in (("train", (0, 1)), ("heldout", (2,))):
+        for seed in seeds:
+            anat = tmp_path / folder / f"sub-r001s00{seed}" / "ses-1" / "anat"
+            anat.mkdir(parents=True)
+            image, mask = make_head(seed=seed)
+            stem = anat / f"sub-r001s00{seed}_ses-1"
+            nib.save(nib.Nifti1Image(image, np.eye(4)), f"{stem}_T1w.nii.gz")
+            nib.save(nib.Nifti1Image(mask, np.eye(4)), f"{stem}_label-L_desc-T1lesion_mask.nii.gz")
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "compare_models.py"), "--train", str(tmp_path / "train"),
+         "--heldout", str(tmp_path / "heldout"), "--work", str(tmp_path / "work"), "--epochs", "1",
+         "--steps-per-epoch", "1", "--batch-size", "2", "--crop-size", "32", "--val-fraction", "0",
+         "--precision", "fp32", "--device", "cpu", "--json"],
+        capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout)
+    assert [r["model"] for r in rows] == ["dunet", "unet2d-transform", "unet3d-transform"]
+    for row in rows:
+        assert row["n_cases"] == 1 and positive(row["train_seconds"])
+        assert 0 <= row["dsc_mean"] <= 1 and 0 <= row["recall"] <= 1
+        assert row["parameters"] == count_parameters(build_model(row["model"]))[1]
+        mask = tmp_path / "work" / row["model"] / "heldout" / "sub-r001s002_ses-1_mask.nii.gz"
+        assert nib.load(mask).shape == (40, 48, 12)
