@@ -8,13 +8,12 @@
 #   4. segment both held-out sets with it and score them with `dunet evaluate`.
 #
 #   scripts/make_default_weights.sh [WORK]      (WORK defaults to runs/default-weights)
-#   EPOCHS (default 8) and DEVICE (auto) can be set. Needs nilearn (pip install -e ".[synth]"),
+#   DEVICE (default auto) can be set. Needs nilearn (pip install -e ".[synth]"),
 #   ../shared/data (lesions and ch2.nii.gz) and about 3 GB of disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORK=${1:-runs/default-weights}
-EPOCHS=${EPOCHS:-8}
 DEVICE=${DEVICE:-auto}
 SHARED=${SHARED:-../shared/data}
 
@@ -22,9 +21,16 @@ SHARED=${SHARED:-../shared/data}
 [ -d "$WORK/ch2/train" ] || LESIONS="$SHARED/lesions" SEED=1 SITE=2 \
   scripts/make_training_data.sh "$WORK/ch2" --anatomy "$SHARED/ch2.nii.gz"
 
-dunet train --data "$WORK/mni/train" "$WORK/ch2/train" --out "$WORK/dunet.safetensors" \
-  --val-fraction 0.05 --batch-size 16 --crop-size 96 --lr 5e-4 --steps-per-epoch 200 \
-  --epochs "$EPOCHS" --patience 0 --precision bf16 --seed 0 --device "$DEVICE" --overwrite
+# a step schedule of the learning rate: epochs 1-3 at 5e-4, 4-5 at 1.5e-4, 6 at 5e-5 (--resume
+# continues the saved state with the new rate; every epoch draws the batches it always draws)
+train() {
+  dunet train --data "$WORK/mni/train" "$WORK/ch2/train" --out "$WORK/dunet.safetensors" \
+    --val-fraction 0.05 --batch-size 16 --crop-size 96 --steps-per-epoch 200 --patience 0 \
+    --precision bf16 --seed 0 --device "$DEVICE" "$@"
+}
+train --lr 5e-4 --epochs 3 --overwrite
+train --lr 1.5e-4 --epochs 5 --resume
+train --lr 5e-5 --epochs 6 --resume
 
 python - "$WORK/dunet.safetensors" src/napari_dunet/weights/dunet_default.safetensors <<'EOF'
 import sys
