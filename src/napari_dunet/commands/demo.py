@@ -1,8 +1,9 @@
 """``dunet demo``: the whole job in one command on a sample case with a known lesion.
 
-Makes the case (a real lesion shape painted into the MNI152 template by ``napari_dunet.synth``,
-or the bundled sample scan when nilearn is missing), segments it, writes the mask, an overlay
-PNG and the metrics against the known lesion, and opens napari when a display is available.
+Makes the case (a real lesion shape painted into the MNI152 template by ``napari_dunet.synth``
+with its typical appearance, or the bundled sample scan when nilearn is missing), segments it,
+writes the mask, an overlay PNG and the metrics against the known lesion, and opens napari when
+a display is available.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "MNI152 template if nilearn is installed, else the bundled sample)")
     parser.add_argument("--lesion", type=Path,
                         help="lesion mask file to paint in (default: the bundled sample's lesion)")
-    parser.add_argument("--seed", type=int, default=0, help="appearance seed of the case")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the case's noise and bias field (the lesion has the "
+                             "synthesiser's typical look, synth.Appearance())")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     parser.add_argument("--no-viewer", action="store_true", help="do not open napari")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -53,14 +56,14 @@ def make_case(anatomy: str | None, lesion: Path | None, seed: int):
 
     from .._sample_data import SAMPLE_IMAGE, SAMPLE_MASK
     from ..io import load_mask, load_volume
-    from ..synth import load_anatomy, synthesize_case
+    from ..synth import Appearance, load_anatomy, synthesize_case
 
     if anatomy is None and lesion is None and importlib.util.find_spec("nilearn") is None:
         return (load_volume(SAMPLE_IMAGE), load_mask(SAMPLE_MASK),
                 "the bundled sample scan (nilearn is not installed, so no MNI152 case was made)")
     lesion_path = lesion or SAMPLE_MASK
     image, truth = synthesize_case(load_anatomy(anatomy), load_mask(lesion_path),
-                                   np.random.default_rng(seed))
+                                   np.random.default_rng(seed), Appearance())
     where = "the MNI152 2009a template" if anatomy in (None, "mni") else anatomy
     return image, truth, f"lesion {lesion_path.name} painted into {where} (seed {seed})"
 
