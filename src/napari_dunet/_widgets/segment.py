@@ -215,7 +215,8 @@ class SegmentWidget(Container):
             raise InputError(f"'{image.name}' is {kind}; lesion segmentation needs a 3D "
                              "(single-channel) T1 volume.")
         if model_store.current_checkpoint() is None:
-            raise InputError("Choose a weights file (.safetensors): no weights are bundled yet.")
+            raise InputError("Choose a weights file (.safetensors): this installation has no bundled "
+                             "default weights.")
         volume = layer_volume(image.data, image.metadata, _transform(image))
         point, sliced = None, ()
         if self._scope.value == CURRENT_SLICE:
