@@ -184,7 +184,8 @@ def test_sample_is_a_real_brain_with_a_lesion_and_its_tracing():
     lesion_ml = mask.sum() * np.prod(image_kwargs["scale"]) / 1000
     assert 20 < lesion_ml < 60
     brain = image > 60
-    assert image[mask > 0].mean() < 0.6 * image[brain & (mask == 0)].mean()  # hypointense
+    # hypointense: synth's typical chronic-stroke look lies between CSF and grey matter
+    assert image[mask > 0].mean() < 0.8 * image[brain & (mask == 0)].mean()
     assert SAMPLE_IMAGE.stat().st_size + SAMPLE_MASK.stat().st_size < 3e6
     assert (SAMPLE_IMAGE.parent / "LICENSE-LESYMAP.txt").is_file()
 
