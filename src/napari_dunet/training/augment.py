@@ -70,6 +70,7 @@ def random_crops(images: torch.Tensor, masks: torch.Tensor, size: int,
         return images, masks
     out_images, out_masks = [], []
     for image, mask in zip(images, masks):
+        # four draws per sample (one unused) as the default weights were trained: same stream
         draws = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
         lesion = torch.nonzero(mask[0].cpu())
         if len(lesion):
