@@ -46,9 +46,9 @@ def compare(model: str, args: argparse.Namespace) -> dict:
           "--precision", args.precision, "--seed", args.seed, "--device", args.device,
           "--overwrite")
     train_seconds = time.perf_counter() - started
-    dunet("segment", *args.heldout, "-o", work / "heldout", "--weights", checkpoint,
+    dunet("segment", args.heldout, "-o", work / "heldout", "--weights", checkpoint,
           "--device", args.device, "--overwrite")
-    scores = dunet("evaluate", "--pred", work / "heldout", "--truth", args.heldout[0], "--json",
+    scores = dunet("evaluate", "--pred", work / "heldout", "--truth", args.heldout, "--json",
                    capture=True)
     summary = json.loads(scores)["summary"]
     return {"model": model, "n_cases": summary["n_cases"],
@@ -72,7 +72,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", nargs="+", required=True, type=Path, help="training folders")
-    parser.add_argument("--heldout", nargs=1, required=True, type=Path,
+    parser.add_argument("--heldout", required=True, type=Path,
                         help="held-out folder (BIDS, with lesion masks)")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--work", type=Path, default=Path("runs/compare"))
