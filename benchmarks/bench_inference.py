@@ -6,16 +6,17 @@ floor and a 3D nnU-Net-style peer, in one run (ratios stay meaningful on a busy 
 The volume is ATLAS-sized (197x233x189, 1 mm MNI): nilearn's bundled MNI152 2009a template,
 which is exactly that grid (or, without nilearn, a synthetic head of that shape). Rows:
 
-* fast: ``predict_volume`` as the CLI and the widget run it (default precision), end to end:
-  read the NIfTI, predict, threshold, write the mask.
-* bf16: the same with ``precision="bf16"`` (where the device runs bf16 natively).
+* fast: ``predict_volume`` as the CLI and the widget run it (default precision: ``mixed`` on
+  CPUs with bf16 instructions), end to end: read the NIfTI, predict, threshold, write the mask.
+* fp32, bf16: the same with the other precisions (bf16 where the device runs it natively).
 * naive: the same model, eager fp32, every slice in batches of 16, no other optimisation.
 * floor: FLOPs actually computed / the rate of a plain matrix product on the same device.
 * peer: MONAI's DynUNet (nnU-Net 3D full-resolution layout) with ``sliding_window_inference``
   (128^3 windows, 0.5 overlap, Gaussian blending, no test-time mirroring), random weights.
 
-Weights are random (timings do not depend on them); masks are compared at the naive map's
-median probability so that agreement is measured where it is hardest.
+Weights: the bundled default D-UNet (the ``mixed`` default reruns in fp32 the slices whose map
+comes near the threshold, so its time depends on what the network sees); masks are compared at
+the checkpoint's threshold. ``--image`` times another scan, e.g. one with a lesion.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_dunet.fast import cpu_has_native_bf16, prepare_model
-from napari_dunet.inference import predict_volume, resolve_device
+from napari_dunet.inference import predict_volume, resolve_device, resolve_precision
 from napari_dunet.io import load_volume, save_mask
 from napari_dunet.metrics import confusion, dice
 from napari_dunet.models import build_model
-from napari_dunet.preprocessing import INPUT_SIZE
+from napari_dunet.preprocessing import INPUT_SIZE, SliceGeometry
 from napari_dunet.segmentation import threshold_mask
 
 ATLAS_SHAPE = (197, 233, 189)
@@ -94,16 +95,18 @@ def sync(device: torch.device) -> None:
 
 
 class ModelClock:
-    """Wall time spent inside ``model.forward`` and the number of stacks it saw."""
+    """Wall time spent inside ``model.forward`` and the stacks it saw, per precision."""
 
     def __init__(self, model: nn.Module, device: torch.device):
-        self.seconds, self.stacks, self._t, self.device = 0.0, 0, 0.0, device
+        self.seconds, self._t, self.device = 0.0, 0.0, device
+        self.stacks = {"fp32": 0, "bf16": 0}
         self._handles = [model.register_forward_pre_hook(self._pre),
                          model.register_forward_hook(self._post)]
 
     def _pre(self, _module, args):
         sync(self.device)
-        self.stacks += len(args[0])
+        autocast = torch.is_autocast_enabled(self.device.type)
+        self.stacks["bf16" if autocast else "fp32"] += len(args[0])
         self._t = time.perf_counter()
 
     def _post(self, _module, _args, _out):
@@ -116,21 +119,22 @@ class ModelClock:
 
 
 def segment_file(path: Path, model: nn.Module, out: Path, device: torch.device, *, clock_on,
-                 **options) -> dict:
+                 threshold: float, **options) -> dict:
     """Read -> predict -> threshold -> write, timed per stage (what ``segment_case`` does)."""
     clock = ModelClock(clock_on, device)
     try:
         t0 = time.perf_counter()
         volume = load_volume(path)
         t1 = time.perf_counter()
-        prob = predict_volume(volume, model, device=device, **options)
+        prob = predict_volume(volume, model, device=device, threshold=threshold, **options)
         t2 = time.perf_counter()
-        save_mask(threshold_mask(prob), volume, out, overwrite=True)
+        save_mask(threshold_mask(prob, threshold), volume, out, overwrite=True)
         t3 = time.perf_counter()
     finally:
         clock.close()
     return dict(seconds=t3 - t0, read=t1 - t0, predict=t2 - t1, write=t3 - t2,
-                model=clock.seconds, stacks=clock.stacks, prob=prob)
+                model=clock.seconds, stacks=sum(clock.stacks.values()),
+                stacks_by_precision=clock.stacks, prob=prob)
 
 
 def flops_per_stack(model: nn.Module, device: torch.device) -> int:
@@ -175,8 +179,7 @@ def peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB else
 
 
-def agreement(reference: np.ndarray, other: np.ndarray) -> float:
-    threshold = float(np.median(reference[reference > 0]))
+def agreement(reference: np.ndarray, other: np.ndarray, threshold: float) -> float:
     return dice(confusion(reference >= threshold, other >= threshold))
 
 
@@ -237,7 +240,7 @@ def run_cohort(path: Path, model: nn.Module, folder: Path, device: torch.device,
 
     def segment(volume, i: int):
         prob = predict_volume(volume, model, device=device, **options)
-        return threshold_mask(prob), volume, folder / f"mask_{i}.nii.gz"
+        return threshold_mask(prob, options["threshold"]), volume, folder / f"mask_{i}.nii.gz"
 
     paths = [path] * n
     t0 = time.perf_counter()
@@ -262,15 +265,20 @@ def run_cohort(path: Path, model: nn.Module, folder: Path, device: torch.device,
 # -- the run ----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    torch.manual_seed(0)
-    model = build_model("dunet").to(device).eval()  # where the plain path would move it
+    model, threshold, weights = benchmark_model(args.weights, device)
     load_before = os.getloadavg()
-    image, source = atlas_sized_image(args.quick)
+    image, source = (nib.load(args.image), str(args.image)) if args.image else atlas_sized_image(args.quick)
+    n = image.shape[SliceGeometry.for_volume(image.shape, image.affine).axial_axis]
+    default = resolve_precision(args.precision, device, n)
     results: dict = {"device": str(device), "torch": torch.__version__, "quick": args.quick,
                      "volume": source, "shape": list(image.shape), "batch_size": args.batch_size,
                      "threads": torch.get_num_threads(), "precision": args.precision,
+                     "precision_resolved": default, "weights": weights, "threshold": threshold,
                      "cpu": platform.processor() or platform.machine(),
                      "cpu_native_bf16": cpu_has_native_bf16(), "load_average_before": load_before}
+    bf16_native = device.type == "cuda" or cpu_has_native_bf16()
+    others = [] if args.quick else [v for v in ("fp32", "bf16") if v != default
+                                    and (v == "fp32" or bf16_native)]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "t1.nii.gz"
         nib.save(image, path)
@@ -283,20 +291,21 @@ def run(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         prepared = prepare_model(model, device)
         results["prepare_seconds"] = time.perf_counter() - t
-        n = warm.data.shape[2]
         middle = n // 2
         warm_range = (max(middle - 8, 0), min(middle + 8, n))  # one batch of 16, as timed below
-        for opts in (fast_opts, naive_opts):
+        for opts in (fast_opts, naive_opts, *(dict(fast_opts, precision=v) for v in others)):
             predict_volume(warm, model, device=device, slice_range=warm_range, **opts)
 
         fast_runs, naive_runs = [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
-            fast_runs.append(segment_file(path, model, out, device, clock_on=prepared, **fast_opts))
+            fast_runs.append(segment_file(path, model, out, device, clock_on=prepared,
+                                          threshold=threshold, **fast_opts))
             if not naive_runs:
                 results["peak_memory_mb"] = peak_rss_mb()
                 if device.type == "cuda":
                     results["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            naive_runs.append(segment_file(path, model, out, device, clock_on=model, **naive_opts))
+            naive_runs.append(segment_file(path, model, out, device, clock_on=model,
+                                           threshold=threshold, **naive_opts))
         fast = min(fast_runs, key=lambda r: r["seconds"])
         naive = min(naive_runs, key=lambda r: r["seconds"])
 
@@ -307,48 +316,50 @@ def run(args: argparse.Namespace) -> dict:
             predict_volume(warm, model, device=device, slice_range=(middle, middle + 1), **fast_opts)
             slice_times.append(time.perf_counter() - t)
 
-        fast_bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
-        bf16 = None
-        if not args.quick and not fast_bf16 and (device.type == "cuda" or cpu_has_native_bf16()):
-            bf16 = segment_file(path, model, out, device, clock_on=prepared,
-                                batch_size=args.batch_size, precision="bf16")
-
+        variants = {v: segment_file(path, model, out, device, clock_on=prepared,
+                                    threshold=threshold, batch_size=args.batch_size, precision=v)
+                    for v in others}
         per_stack = flops_per_stack(model, device)
-        dtype = torch.bfloat16 if fast_bf16 else torch.float32
-        rates = matmul_rate(device, dtype, args.quick)
-        rates_bf16 = matmul_rate(device, torch.bfloat16, args.quick) if bf16 else None
+        rates = {"fp32": matmul_rate(device, torch.float32, args.quick)}
+        if default in ("bf16", "mixed", "auto") and bf16_native or "bf16" in variants:
+            rates["bf16"] = matmul_rate(device, torch.bfloat16, args.quick)
         peer = None if args.skip_peer else run_peer(path, out, device, args.quick)
-        cohort = (run_cohort(path, model, Path(tmp), device, args.cohort, fast_opts)
-                  if args.cohort else {})
+        cohort = (run_cohort(path, model, Path(tmp), device, args.cohort,
+                             dict(fast_opts, threshold=threshold)) if args.cohort else {})
 
-    rate = max(rates.values())
+    best = {dtype: max(r.values()) for dtype, r in rates.items()}
+
+    def floor(run: dict) -> float:
+        """Seconds the run's stacks need at the matrix-product rate of their precision."""
+        return sum(per_stack * k / best.get(dtype, best["fp32"])
+                   for dtype, k in run["stacks_by_precision"].items())
+
     results.update(
         volume_seconds=fast["seconds"], model_seconds=fast["model"],
         read_seconds=fast["read"], predict_seconds=fast["predict"], write_seconds=fast["write"],
         naive_seconds=naive["seconds"], naive_model_seconds=naive["model"],
         volume_runs=[r["seconds"] for r in fast_runs], naive_runs=[r["seconds"] for r in naive_runs],
         speedup=naive["seconds"] / fast["seconds"], model_speedup=naive["model"] / fast["model"],
-        stacks_total=n, stacks_run=fast["stacks"], flops_per_stack=per_stack,
-        flops_per_volume=per_stack * n, flops_actually_computed=per_stack * fast["stacks"],
-        matmul_flops_per_second=rate, matmul_dtype=str(dtype).replace("torch.", ""),
-        matmul_rates={k: v for k, v in rates.items()},
-        floor_seconds=per_stack * fast["stacks"] / rate,
-        dsc_vs_naive=agreement(naive["prob"], fast["prob"]),
+        stacks_total=n, stacks_run=fast["stacks"], stacks_by_precision=fast["stacks_by_precision"],
+        flops_per_stack=per_stack, flops_per_volume=per_stack * n,
+        flops_actually_computed=per_stack * fast["stacks"],
+        matmul_flops_per_second=best["fp32"], matmul_rates=rates["fp32"],
+        floor_seconds=floor(fast),
+        dsc_vs_naive=agreement(naive["prob"], fast["prob"], threshold),
         max_abs_diff_vs_naive=float(np.abs(naive["prob"] - fast["prob"]).max()),
         slice_seconds=statistics.median(slice_times), slice_runs=slice_times,
         load_average_after=os.getloadavg())
+    if "bf16" in rates:
+        results.update(bf16_matmul_flops_per_second=best["bf16"], bf16_matmul_rates=rates["bf16"])
     results["floor_ratio"] = results["model_seconds"] / results["floor_seconds"]
     results.update(cohort)
-    if bf16:
-        bf16_rate = max(rates_bf16.values())
-        results.update(
-            bf16_volume_seconds=bf16["seconds"], bf16_model_seconds=bf16["model"],
-            bf16_speedup=naive["seconds"] / bf16["seconds"],
-            bf16_dsc_vs_naive=agreement(naive["prob"], bf16["prob"]),
-            bf16_max_abs_diff_vs_naive=float(np.abs(naive["prob"] - bf16["prob"]).max()),
-            bf16_matmul_flops_per_second=bf16_rate, bf16_matmul_rates=rates_bf16,
-            bf16_floor_seconds=per_stack * bf16["stacks"] / bf16_rate)
-        results["bf16_floor_ratio"] = bf16["model"] / results["bf16_floor_seconds"]
+    for v, r in variants.items():
+        results.update({
+            f"{v}_volume_seconds": r["seconds"], f"{v}_model_seconds": r["model"],
+            f"{v}_speedup": naive["seconds"] / r["seconds"], f"{v}_stacks_run": r["stacks"],
+            f"{v}_dsc_vs_naive": agreement(naive["prob"], r["prob"], threshold),
+            f"{v}_max_abs_diff_vs_naive": float(np.abs(naive["prob"] - r["prob"]).max()),
+            f"{v}_floor_seconds": floor(r), f"{v}_floor_ratio": r["model"] / floor(r)})
     if peer:
         results.update(peer_seconds=peer["seconds"], peer_windows=peer["windows"],
                        peer_roi=peer["roi"], peer_flops=peer["flops"],
@@ -356,29 +367,52 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
+def benchmark_model(weights: Path | None, device: torch.device) -> tuple[nn.Module, float, str]:
+    """The network timed: ``weights``, else the bundled default weights, else a seeded random
+    D-UNet; with its threshold and where it came from."""
+    from napari_dunet.checkpoint import load_checkpoint
+    from napari_dunet.weights import default_checkpoint
+
+    path = weights or default_checkpoint()
+    if path is None:
+        torch.manual_seed(0)
+        return build_model("dunet").to(device).eval(), 0.5, "random (seed 0)"
+    model, meta = load_checkpoint(path, device=device)
+    return model.eval(), float(meta.get("threshold", 0.5)), str(path)
+
+
 # -- output -----------------------------------------------------------------------------------
+VARIANTS = ("fp32", "bf16")  # the fast path in other precisions (keys ``<v>_*``)
+
+
 def table(r: dict) -> str:
     g = 1e9
+    by = r["stacks_by_precision"]
     lines = [f"napari-dunet inference on {r['device']} ({r['cpu']}, {r['threads']} threads, "
              f"torch {r['torch']}), volume {'x'.join(map(str, r['shape']))}: {r['volume']}",
-             f"load average before/after: {r['load_average_before'][0]:.1f} / "
-             f"{r['load_average_after'][0]:.1f}",
+             f"weights: {r['weights']}, threshold {r['threshold']}; load average before/after: "
+             f"{r['load_average_before'][0]:.1f} / {r['load_average_after'][0]:.1f}",
              "",
-             f"{'path':<34}{'end to end s':>13}{'model s':>10}{'stacks':>8}{'vs naive':>10}",
+             f"{'path':<34}{'end to end s':>13}{'model s':>10}{'stacks':>8}{'vs naive':>10}"
+             f"{'DSC vs naive':>14}",
              f"{'naive (eager fp32, batch 16)':<34}{r['naive_seconds']:>13.2f}"
-             f"{r['naive_model_seconds']:>10.2f}{r['stacks_total']:>8}{1:>10.2f}",
-             f"{'fast (' + r['precision'] + ', batch ' + str(r['batch_size']) + ')':<34}"
+             f"{r['naive_model_seconds']:>10.2f}{r['stacks_total']:>8}{1:>10.2f}{1:>14.5f}",
+             f"{'fast, default (' + r['precision_resolved'] + ')':<34}"
              f"{r['volume_seconds']:>13.2f}{r['model_seconds']:>10.2f}{r['stacks_run']:>8}"
-             f"{r['volume_seconds'] / r['naive_seconds']:>10.2f}"]
-    if "bf16_volume_seconds" in r:
-        lines.append(f"{'fast bf16':<34}{r['bf16_volume_seconds']:>13.2f}"
-                     f"{r['bf16_model_seconds']:>10.2f}{r['stacks_run']:>8}"
-                     f"{r['bf16_volume_seconds'] / r['naive_seconds']:>10.2f}")
-    lines.append(f"{'floor (FLOPs / matmul rate)':<34}{'':>13}{r['floor_seconds']:>10.2f}"
+             f"{r['volume_seconds'] / r['naive_seconds']:>10.2f}{r['dsc_vs_naive']:>14.5f}"]
+    for v in VARIANTS:
+        if f"{v}_volume_seconds" in r:
+            lines.append(f"{'fast ' + v:<34}{r[v + '_volume_seconds']:>13.2f}"
+                         f"{r[v + '_model_seconds']:>10.2f}{r[v + '_stacks_run']:>8}"
+                         f"{r[v + '_volume_seconds'] / r['naive_seconds']:>10.2f}"
+                         f"{r[v + '_dsc_vs_naive']:>14.5f}")
+    lines.append(f"{'floor of the default (FLOPs/matmul)':<34}{'':>13}{r['floor_seconds']:>10.2f}"
                  f"{r['stacks_run']:>8}")
     if "peer_seconds" in r:
         lines.append(f"{'peer: DynUNet 3D, sliding window':<34}{r['peer_seconds']:>13.2f}"
                      f"{'':>10}{r['peer_windows']:>8}{r['peer_seconds'] / r['naive_seconds']:>10.2f}")
+    rates = [("fp32", r["matmul_rates"])] + ([("bf16", r["bf16_matmul_rates"])]
+                                              if "bf16_matmul_rates" in r else [])
     lines += [
         "",
         f"fast / naive end to end        {r['volume_seconds'] / r['naive_seconds']:.2f}   (target <= 0.5)",
@@ -387,18 +421,17 @@ def table(r: dict) -> str:
         f"peak memory (process RSS)      {r['peak_memory_mb']:.0f} MB   (target < 2500 MB)",
         f"fast: read {r['read_seconds']:.2f} s, predict {r['predict_seconds']:.2f} s, "
         f"write {r['write_seconds']:.2f} s; preparing the model once {r['prepare_seconds']:.2f} s",
-        f"agreement with naive           DSC {r['dsc_vs_naive']:.5f} at the median probability, "
+        f"fast: stacks run in fp32 {by['fp32']}, in bf16 {by['bf16']}; agreement with naive: "
+        f"DSC {r['dsc_vs_naive']:.5f} at threshold {r['threshold']}, "
         f"max |dp| {r['max_abs_diff_vs_naive']:.1e}",
         f"FLOPs: {r['flops_per_stack'] / g:.1f} G per stack, {r['flops_per_volume'] / g:.0f} G per "
         f"volume, {r['flops_actually_computed'] / g:.0f} G computed",
-        "matmul " + r["matmul_dtype"] + ": " + ", ".join(
-            f"{k} {v / g:.0f} GFLOP/s" for k, v in r["matmul_rates"].items()),
-    ]
-    if "bf16_volume_seconds" in r:
-        lines += [f"bf16: model / bf16 floor {r['bf16_floor_ratio']:.2f}, DSC vs naive "
-                  f"{r['bf16_dsc_vs_naive']:.5f}, max |dp| {r['bf16_max_abs_diff_vs_naive']:.1e}, "
-                  "matmul " + ", ".join(f"{k} {v / g:.0f} GFLOP/s"
-                                        for k, v in r["bf16_matmul_rates"].items())]
+    ] + [f"matmul {dtype}: " + ", ".join(f"{k} {v / g:.0f} GFLOP/s" for k, v in rate.items())
+         for dtype, rate in rates]
+    for v in VARIANTS:
+        if f"{v}_volume_seconds" in r:
+            lines.append(f"{v}: model / floor {r[v + '_floor_ratio']:.2f}, max |dp| vs naive "
+                         f"{r[v + '_max_abs_diff_vs_naive']:.1e}")
     if "cohort_volumes" in r:
         lines.append(f"cohort of {r['cohort_volumes']}: one after another "
                      f"{r['cohort_sequential_seconds']:.2f} s, streamed "
@@ -416,14 +449,12 @@ def plot(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    default = r["precision"] if r["precision"] != "auto" else (
-        "fp32" if r["device"] == "cpu" else "bf16 autocast")
     rows = [("naive (eager fp32)", r["naive_seconds"], r["naive_model_seconds"]),
-            (f"napari-dunet ({default})", r["volume_seconds"], r["model_seconds"]),
-            (f"floor {r['matmul_dtype']} (FLOPs / matmul)", r["floor_seconds"], r["floor_seconds"])]
-    if "bf16_volume_seconds" in r:
-        rows += [("napari-dunet (bf16)", r["bf16_volume_seconds"], r["bf16_model_seconds"]),
-                 ("floor bf16 (FLOPs / matmul)", r["bf16_floor_seconds"], r["bf16_floor_seconds"])]
+            (f"napari-dunet, default ({r['precision_resolved']})", r["volume_seconds"],
+             r["model_seconds"])]
+    rows += [(f"napari-dunet, {v}", r[f"{v}_volume_seconds"], r[f"{v}_model_seconds"])
+             for v in VARIANTS if f"{v}_volume_seconds" in r]
+    rows.append(("floor of the default (FLOPs / matmul)", r["floor_seconds"], r["floor_seconds"]))
     if "peer_seconds" in r:
         rows.append(("peer: DynUNet 3D sliding window", r["peer_seconds"], float("nan")))
     fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(rows) + 1.8), layout="constrained")
@@ -434,7 +465,8 @@ def plot(r: dict, path: Path) -> None:
         ratio = "" if name.startswith("floor") else f"  ({total / r['naive_seconds']:.2f}x naive)"
         ax.text(total, yi, f" {total:.1f} s{ratio}", va="center", fontsize=8.5)
     ax.set_yticks(y, [name for name, _, _ in rows])
-    ax.set_xlabel("seconds per 197x233x189 volume" if not r["quick"] else "seconds (quick run)")
+    ax.set_xlabel("seconds per " + "x".join(map(str, r["shape"])) + " volume"
+                  if not r["quick"] else "seconds (quick run)")
     ax.set_xlim(0, max(t for _, t, _ in rows) * 1.35)
     load = r["load_average_before"][0], r["load_average_after"][0]
     ax.set_title(f"Whole-volume inference on {r['device']}, {r['threads']} threads "
@@ -451,10 +483,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_SLICES} slices, small peer windows, no bf16 row (CI smoke run)")
+                        help=f"{QUICK_SLICES} slices, small peer windows, no other precisions "
+                             "(CI smoke run)")
     parser.add_argument("--batch-size", type=int, default=16, help="fast path batch (default 16)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="fast path precision (default auto: fp32 on CPU, bf16 on GPU)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "mixed"),
+                        help="fast path precision (default auto: mixed on CPUs with bf16 "
+                             "instructions, else fp32; bf16 autocast on GPUs)")
+    parser.add_argument("--weights", type=Path,
+                        help="checkpoint to time (default: the bundled default weights)")
+    parser.add_argument("--image", type=Path,
+                        help="time this NIfTI instead of the ATLAS-sized template")
     parser.add_argument("--repeats", type=int, default=1,
                         help="end-to-end runs of fast and naive, interleaved; the best counts")
     parser.add_argument("--skip-peer", action="store_true", help="leave out the MONAI peer")

@@ -1,8 +1,8 @@
 """The paper's comparison (its Table 2) on synthesised cases: D-UNet vs 2D UNet vs 3D UNet.
 
 Every model is trained with the same ``dunet train`` options (data, steps, batch, crops,
-precision, seed), then segments the held-out cases with ``dunet segment`` and is scored with
-``dunet evaluate``, each command in its own process. Prints a table: DSC mean +- sd, global DSC,
+precision, seed) and keeps its last epoch, then segments the held-out cases with
+``dunet segment`` and is scored with ``dunet evaluate``, each command in its own process. Prints a table: DSC mean +- sd, global DSC,
 precision, recall, parameters (Keras convention, as the paper counts) and training time.
 
     python benchmarks/compare_models.py --train runs/default-weights/mni/train \\
@@ -47,7 +47,7 @@ def compare(model: str, args: argparse.Namespace) -> dict:
           "--overwrite")
     train_seconds = time.perf_counter() - started
     dunet("segment", args.heldout, "-o", work / "heldout", "--weights", checkpoint,
-          "--device", args.device, "--overwrite")
+          "--precision", args.precision, "--device", args.device, "--overwrite")
     scores = dunet("evaluate", "--pred", work / "heldout", "--truth", args.heldout, "--json",
                    capture=True)
     summary = json.loads(scores)["summary"]
@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--crop-size", type=int, default=96)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--val-fraction", type=float, default=0.05)
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="validation cases per epoch (default none: every model keeps its "
+                             "last epoch and the held-out cases are the test)")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")

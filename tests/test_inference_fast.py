@@ -13,7 +13,8 @@ from torch import nn
 
 from napari_dunet.errors import Cancelled, DunetError
 from napari_dunet.fast import fold_batchnorm, prepare_model
-from napari_dunet.inference import predict_volume, prefetch
+from napari_dunet import inference
+from napari_dunet.inference import predict_slices, predict_volume, prefetch, resolve_precision
 from napari_dunet.io import Volume
 from napari_dunet.metrics import confusion, dice
 from napari_dunet.models import build_model
@@ -147,6 +148,70 @@ def test_bf16_runs_close_to_fp32(model):
     assert np.abs(bf16 - fp32).max() < 0.01 and agreement(fp32, bf16) > 0.99
     with pytest.raises(DunetError, match="precision"):
         predict_volume(volume, model, device="cpu", precision="fp8")
+
+
+class Echo(nn.Module):
+    """A 'network' whose map is its input's second slice (through a 1x1 convolution, so that
+    bf16 autocast rounds it); records the precision of every stack it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([0.0, 1.0, 0.0, 0.0]).reshape(1, 4, 1, 1))
+        self.seen: list[tuple[str, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(("bf16" if torch.is_autocast_enabled("cpu") else "fp32", len(x)))
+        return self.conv(x)
+
+
+def test_mixed_reruns_stacks_near_the_threshold_in_fp32():
+    # batch of 4: stacks 0-3 far from 0.5 except stack 1; stacks 4-7 all near it; 8-11 far again
+    values = [0.1, 0.52, 0.9, 0.05, 0.49, 0.45, 0.58, 0.5, 0.2, 0.95, 0.0, 0.3337]
+    stacks = torch.tensor(values).reshape(-1, 1, 1, 1).expand(-1, 4, 8, 8).contiguous()
+    model = Echo()
+    probs = predict_slices(model, stacks, torch.device("cpu"), 4, precision="mixed")
+    # batch 1: bf16, then stack 1 again in fp32; batch 2: bf16, all four again (busy);
+    # batch 3 follows a busy batch: straight in fp32, and is quiet, so a next one would be mixed
+    assert model.seen == [("bf16", 4), ("fp32", 1), ("bf16", 4), ("fp32", 4), ("fp32", 4)]
+    fp32 = torch.tensor(values)[:, None, None].expand(-1, 8, 8)
+    near = (fp32 - 0.5).abs() < 0.2
+    assert torch.equal(probs[near], fp32[near])  # the stacks near the threshold are exact
+    assert not torch.equal(probs[0], fp32[0])  # the others came from bf16: close, not equal
+    torch.testing.assert_close(probs, fp32, atol=2e-3, rtol=0)
+    model.seen.clear()  # the check follows the threshold it is given
+    predict_slices(model, stacks[8:], torch.device("cpu"), 4, precision="mixed", threshold=0.3)
+    assert model.seen == [("bf16", 4), ("fp32", 1)]
+
+
+def test_auto_precision_is_mixed_on_bf16_cpus_for_whole_volumes(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu, 189) == "mixed"
+    assert resolve_precision("auto", cpu, 1) == "fp32"  # the current slice: no rerun to risk
+    assert resolve_precision("auto", torch.device("cuda"), 189) == "auto"  # GPU autocast
+    assert resolve_precision("fp32", cpu, 189) == "fp32"
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu, 189) == "fp32"
+
+
+def test_mixed_precision_keeps_the_fp32_mask_of_the_bundled_weights():
+    """The default CPU path on a real scan with a lesion: the bundled weights on the napari
+    sample, over slices that hold the lesion's upper edge and slices above it."""
+    from napari_dunet._sample_data import SAMPLE_IMAGE
+    from napari_dunet.checkpoint import load_checkpoint
+    from napari_dunet.io import load_volume
+    from napari_dunet.weights import default_checkpoint
+
+    model = load_checkpoint(default_checkpoint())[0]
+    volume = load_volume(SAMPLE_IMAGE)
+    run = dict(device="cpu", slice_range=(56, 88), batch_size=8)  # lesion up to slice 68
+    fp32 = predict_volume(volume, model, precision="fp32", **run)
+    mixed = predict_volume(volume, model, precision="mixed", **run)
+    assert (fp32 >= 0.5).sum() > 100  # lesion in these slices
+    np.testing.assert_array_equal(mixed >= 0.5, fp32 >= 0.5)
+    assert 0 < np.abs(mixed - fp32).max() < 0.1  # some slices ran in bf16
 
 
 def test_prefetch_reads_ahead_in_order_and_passes_errors_on():

@@ -9,12 +9,18 @@ four slices are all zero (no head in them) give the model's output for an all-ze
 is computed once per call; a slice range reads and writes only the slices it needs.
 ``optimize=False`` is the plain path (the caller's model, every stack), kept as the reference
 the benchmarks and tests compare with.
+
+Precision ``mixed`` (the CPU default where the CPU has bf16 instructions) runs every stack in
+bfloat16 and runs again in float32 each stack whose map has a voxel near the threshold (within
+``MIXED_LOGIT_MARGIN`` of it in logits): the mask is the float32 mask, at about the cost of bf16
+when few slices hold lesion boundaries.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -25,14 +31,22 @@ import torch
 from torch import nn
 
 from .errors import Cancelled, DunetError
-from .fast import prepare_model
+from .fast import cpu_has_native_bf16, prepare_model
 from .io import Volume
 from .preprocessing import STACK_OFFSETS, SliceGeometry, make_stacks, normalize_intensity
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS = ("auto", "fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16", "mixed"]
+PRECISIONS = ("auto", "fp32", "bf16", "mixed")
+MIXED_LOGIT_MARGIN = 0.5
+"""``mixed``: how close (in logits) a bf16 voxel may come to the threshold before its stack is
+recomputed in fp32; the largest bf16 error measured near the threshold with the bundled weights
+was 0.23 (docs/performance.md)."""
+MIXED_SWITCH = 0.4
+"""``mixed``: after a batch with more than this fraction of its stacks near the threshold, the
+next batch runs straight in fp32 (bf16 plus the reruns would cost more), and the other way."""
+MIXED_MIN_STACKS = 16  # fewer stacks (the current slice) run in fp32: a rerun would cost more
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -77,6 +91,15 @@ def precision_context(device: torch.device, precision: Precision = "auto"
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def resolve_precision(precision: Precision, device: torch.device, n_stacks: int) -> Precision:
+    """What ``auto`` means for ``predict_volume``: on a CPU with bf16 instructions ``mixed`` for
+    runs of at least ``MIXED_MIN_STACKS`` stacks, else ``fp32``; on GPUs autocast (``auto``)."""
+    check_precision(precision)
+    if precision != "auto" or device.type != "cpu":
+        return precision
+    return "mixed" if n_stacks >= MIXED_MIN_STACKS and cpu_has_native_bf16() else "fp32"
+
+
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise DunetError(f"Unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
@@ -85,16 +108,17 @@ def check_precision(precision: str) -> None:
 def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
                    batch_size: int = 16, progress: ProgressCallback | None = None,
                    cancel: CancelCallback | None = None, *, precision: Precision = "auto",
-                   channels_last: bool = False) -> torch.Tensor:
+                   channels_last: bool = False, threshold: float = 0.5) -> torch.Tensor:
     """Run ``model`` over ``(N, 4, H, W)`` stacks in batches; returns ``(N, H, W)`` float32 on CPU.
 
     On a CUDA out-of-memory error the batch is halved and retried, down to one stack.
-    ``channels_last`` feeds the batches as NHWC (for a model from ``fast.prepare_model``).
+    ``channels_last`` feeds the batches as NHWC (for a model from ``fast.prepare_model``);
+    ``threshold`` is where ``precision="mixed"`` checks the bf16 maps.
     """
     out = torch.empty(stacks.shape[0], *stacks.shape[2:], dtype=torch.float32)
     if device.type == "cuda" and len(stacks):
         stacks = stacks.pin_memory()  # lets the copies to the GPU run asynchronously
-    done = 0
+    done, run_as = 0, precision
     with torch.inference_mode():
         while done < len(stacks):
             if cancel is not None and cancel():
@@ -103,8 +127,7 @@ def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             try:
-                with precision_context(device, precision):
-                    probs = model(batch)
+                probs = _forward(model, batch, device, run_as, threshold)
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -113,22 +136,50 @@ def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
                 continue
             out[done:done + len(batch)] = probs[:, 0].float().cpu()
             done += len(batch)
+            if precision == "mixed":  # lesions span neighbouring slices: so will the next batch
+                busy = near_threshold(probs, threshold).float().mean() > MIXED_SWITCH
+                run_as = "fp32" if busy else "mixed"
             if progress is not None:
                 progress(done, len(stacks))
     return out
+
+
+def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, precision: Precision,
+             threshold: float) -> torch.Tensor:
+    """One pass; under ``mixed`` the stacks with a voxel near ``threshold`` run again in fp32."""
+    if precision != "mixed":
+        with precision_context(device, precision):
+            return model(batch)
+    with precision_context(device, "bf16"):
+        probs = model(batch).float()
+    unsure = near_threshold(probs, threshold)
+    if unsure.any():
+        layout = (torch.channels_last if batch.is_contiguous(memory_format=torch.channels_last)
+                  else torch.contiguous_format)
+        probs[unsure] = model(batch[unsure].contiguous(memory_format=layout)).float()
+    return probs
+
+
+def near_threshold(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per map of ``(N, ...)`` probabilities: has it a voxel within ``MIXED_LOGIT_MARGIN`` (in
+    logits) of ``threshold``?"""
+    centre, margin = math.log(threshold / (1.0 - threshold)), MIXED_LOGIT_MARGIN
+    low, high = (1.0 / (1.0 + math.exp(-x)) for x in (centre - margin, centre + margin))
+    return ((probs > low) & (probs < high)).flatten(1).any(dim=1)
 
 
 def predict_volume(volume: Volume, model: nn.Module, *, device: str | torch.device = "auto",
                    batch_size: int = 16, slice_range: tuple[int, int] | None = None,
                    progress: ProgressCallback | None = None,
                    cancel: CancelCallback | None = None, optimize: bool = True,
-                   precision: Precision = "auto") -> np.ndarray:
+                   precision: Precision = "auto", threshold: float = 0.5) -> np.ndarray:
     """Probability map (float32, the volume's native shape and orientation) of lesion per voxel.
 
     ``slice_range`` = ``(start, stop)`` limits the work to those axial slices (RAS+ order,
     inferior to superior, see ``SliceGeometry.axial_index``); other slices get probability 0.
     ``optimize`` (default) runs the inference-ready copy and skips empty stacks (module
-    docstring); ``precision`` is passed to ``precision_context``.
+    docstring); ``precision``: ``resolve_precision`` (``mixed`` keeps the fp32 mask at
+    ``threshold``), then ``precision_context``; the plain path takes ``auto`` as it is.
     """
     device = resolve_device(device)
     geometry = SliceGeometry.for_volume(volume.data.shape, volume.affine)
@@ -137,11 +188,13 @@ def predict_volume(volume: Volume, model: nn.Module, *, device: str | torch.devi
     if not 0 <= start < stop <= n:
         raise DunetError(f"slice range {start}..{stop} is outside 0..{n}.")
     check_precision(precision)
+    if not 0.0 < threshold < 1.0:
+        raise DunetError(f"the threshold must be between 0 and 1, got {threshold}.")
     if not optimize:
         slices = geometry.forward(normalize_intensity(volume.data))
         model = model.to(device).eval()
         probs = predict_slices(model, make_stacks(slices, range(start, stop)), device, batch_size,
-                               progress, cancel, precision=precision)
+                               progress, cancel, precision=precision, threshold=threshold)
         maps = torch.zeros_like(slices)
         maps[start:stop] = probs
         return geometry.inverse(maps)
@@ -153,8 +206,9 @@ def predict_volume(volume: Volume, model: nn.Module, *, device: str | torch.devi
     stacks = make_stacks(read_geometry.forward(normalized[read_index]),
                          range(start - first, stop - first))
     del normalized
+    precision = resolve_precision(precision, device, len(stacks))
     probs = _predict_nonempty(prepare_model(model, device), stacks, device, batch_size,
-                              progress, cancel, precision)
+                              progress, cancel, dict(precision=precision, threshold=threshold))
     if (start, stop) == (0, n):
         return geometry.inverse(probs)
     out_geometry, out_index = axial_slab(geometry, start, stop)
@@ -177,11 +231,11 @@ def axial_slab(geometry: SliceGeometry, start: int, stop: int
 
 def _predict_nonempty(model: nn.Module, stacks: torch.Tensor, device: torch.device,
                       batch_size: int, progress: ProgressCallback | None,
-                      cancel: CancelCallback | None, precision: Precision) -> torch.Tensor:
-    """``predict_slices`` (channels-last) that runs an all-zero stack once and reuses its
-    output for every stack with no non-zero voxel: the model is a fixed function of its input
-    (eval mode), so those stacks would all give that same map."""
-    run = dict(precision=precision, channels_last=True)
+                      cancel: CancelCallback | None, options: dict) -> torch.Tensor:
+    """``predict_slices`` (channels-last, ``options``) that runs an all-zero stack once and
+    reuses its output for every stack with no non-zero voxel: the model is a fixed function of
+    its input (eval mode), so those stacks would all give that same map."""
+    run = dict(options, channels_last=True)
     empty = ~stacks.flatten(1).any(dim=1)
     n_empty, total = int(empty.sum()), len(stacks)
     if n_empty == 0:

@@ -42,11 +42,12 @@ def segment_case(image: str | os.PathLike | Volume, model: nn.Module,
                  precision: Precision = "auto") -> SegmentationResult:
     """Segment one volume; with ``output_dir`` write ``<name>_mask.nii.gz`` (and ``_prob``).
 
-    ``precision``: see ``inference.precision_context``.
+    ``precision``: see ``inference.predict_volume``.
     """
     volume = image if isinstance(image, Volume) else load_volume(image)
     prob = predict_volume(volume, model, device=device, batch_size=batch_size,
-                          progress=progress, cancel=cancel, precision=precision)
+                          progress=progress, cancel=cancel, precision=precision,
+                          threshold=threshold)
     mask = threshold_mask(prob, threshold)
     result = SegmentationResult(volume, prob, mask, lesion_volume_ml(mask, volume))
     if output_dir is not None:

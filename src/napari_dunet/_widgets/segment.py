@@ -43,6 +43,7 @@ class SegmentJob:
     device: str = "auto"
     point: tuple[int, ...] | None = None  # voxel of the current position: segment its axial slice
     sliced_axes: tuple[int, ...] = ()  # array axes the viewer is slicing along (2D view)
+    threshold: float | None = None  # the slider's, where it applies; None: the checkpoint's
     batch_size: int = 16
 
 
@@ -83,7 +84,9 @@ def segment_volume(job: SegmentJob, progress: Callable[[int, int], None] | None 
             notes.append(f"The view does not show axial slices: segmented the axial slice through "
                          f"the current point (axis {axis}). Use 'whole volume', or slice along "
                          "that axis, to see more.")
-    run = dict(batch_size=job.batch_size, slice_range=slice_range, progress=progress, cancel=cancel)
+    threshold = float(metadata.get("threshold", 0.5)) if job.threshold is None else job.threshold
+    run = dict(batch_size=job.batch_size, slice_range=slice_range, threshold=threshold,
+               progress=progress, cancel=cancel)
     try:
         probability = predict_volume(job.volume, model, device=device, **run)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -224,7 +227,10 @@ class SegmentWidget(Container):
             point = tuple(int(round(float(v))) for v in position[-3:])
             if self._viewer.dims.ndisplay == 2:
                 sliced = tuple(self._viewer.dims.not_displayed)
-        return SegmentJob(volume, self._device.value, point, sliced)
+        # the threshold the result will be shown at (a new checkpoint brings its own)
+        threshold = (float(self._threshold.value)
+                     if model_store.current_checkpoint() == self._threshold_from else None)
+        return SegmentJob(volume, self._device.value, point, sliced, threshold)
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> None:

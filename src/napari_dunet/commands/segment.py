@@ -22,9 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="probability threshold (default: the checkpoint's, 0.5)")
     parser.add_argument("--batch-size", type=int, default=16, help="stacks per forward pass")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: mixed precision on GPUs, float32 on CPUs (default); bf16: "
-                             "bfloat16 also on CPUs (faster where they have bf16 instructions)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "mixed"), default="auto",
+                        help="auto (default): bf16 autocast on GPUs, mixed on CPUs with bf16 "
+                             "instructions, else fp32; mixed: bf16, with the slices near the "
+                             "threshold run again in fp32 (the fp32 mask); bf16: bf16 only")
     parser.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
