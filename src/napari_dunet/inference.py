@@ -41,8 +41,8 @@ Precision = Literal["auto", "fp32", "bf16", "mixed"]
 PRECISIONS = ("auto", "fp32", "bf16", "mixed")
 MIXED_LOGIT_MARGIN = 0.5
 """``mixed``: how close (in logits) a bf16 voxel may come to the threshold before its stack is
-recomputed in fp32; the largest bf16 error measured near the threshold with the bundled weights
-was 0.23 (docs/performance.md)."""
+recomputed in fp32; the largest bf16 error measured within one logit of the threshold with the
+bundled weights was 0.27 (docs/performance.md)."""
 MIXED_SWITCH = 0.4
 """``mixed``: after a batch with more than this fraction of its stacks near the threshold, the
 next batch runs straight in fp32 (bf16 plus the reruns would cost more), and the other way."""
