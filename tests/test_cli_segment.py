@@ -129,7 +129,7 @@ def test_threshold_out_of_range(small_nifti, random_checkpoint, tmp_path, capsys
 
 def test_precision_option_reaches_the_network(small_nifti, random_checkpoint, tmp_path, capsys):
     probs = {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "mixed"):
         out = tmp_path / precision
         code, _, err = run(capsys, small_nifti[0], "-o", out, "--weights", random_checkpoint,
                            "--device", "cpu", "--precision", precision, "--save-prob")
@@ -137,3 +137,4 @@ def test_precision_option_reaches_the_network(small_nifti, random_checkpoint, tm
         probs[precision] = nib.load(out / "sub-01_prob.nii.gz").get_fdata()
     difference = np.abs(probs["bf16"] - probs["fp32"])
     assert 0 < difference.max() < 0.05  # bfloat16 arithmetic: close to float32, not identical
+    assert np.array_equal(probs["mixed"] >= 0.5, probs["fp32"] >= 0.5)  # checked near 0.5

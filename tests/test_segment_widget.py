@@ -274,7 +274,13 @@ def test_threshold_and_reruns_never_clobber_an_edited_mask(
 
 
 def test_threshold_starts_at_the_checkpoint_recommendation(make_napari_viewer, qtbot, fast_model,
-                                                           notes, tmp_path):
+                                                           notes, tmp_path, monkeypatch):
+    from napari_dunet import inference
+
+    asked = []  # the threshold each run predicts for (mixed precision checks the map there)
+    real = inference.predict_volume
+    monkeypatch.setattr(inference, "predict_volume",
+                        lambda *a, **k: asked.append(k["threshold"]) or real(*a, **k))
     viewer = make_napari_viewer()
     _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz"))
     model_store.set_checkpoint(tmp_path / "tuned.safetensors", model=fast_model,
@@ -285,6 +291,7 @@ def test_threshold_starts_at_the_checkpoint_recommendation(make_napari_viewer, q
     widget._threshold.value = 0.6  # the user's choice then stays for later runs
     run_and_wait(qtbot, widget)
     assert widget._threshold.value == pytest.approx(0.6)
+    assert asked == [pytest.approx(0.3), pytest.approx(0.6)]
 
 
 def test_probability_map_is_shown_on_the_same_grid(make_napari_viewer, qtbot, fast_model, notes,
