@@ -321,7 +321,7 @@ def run(args: argparse.Namespace) -> dict:
                     for v in others}
         per_stack = flops_per_stack(model, device)
         rates = {"fp32": matmul_rate(device, torch.float32, args.quick)}
-        if default in ("bf16", "mixed", "auto") and bf16_native or "bf16" in variants:
+        if any(r["stacks_by_precision"]["bf16"] for r in (fast, *variants.values())):
             rates["bf16"] = matmul_rate(device, torch.bfloat16, args.quick)
         peer = None if args.skip_peer else run_peer(path, out, device, args.quick)
         cohort = (run_cohort(path, model, Path(tmp), device, args.cohort,

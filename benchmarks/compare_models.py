@@ -2,8 +2,9 @@
 
 Every model is trained with the same ``dunet train`` options (data, steps, batch, crops,
 precision, seed) and keeps its last epoch, then segments the held-out cases with
-``dunet segment`` and is scored with ``dunet evaluate``, each command in its own process. Prints a table: DSC mean +- sd, global DSC,
-precision, recall, parameters (Keras convention, as the paper counts) and training time.
+``dunet segment`` and is scored with ``dunet evaluate``, each command in its own process.
+Prints a table: DSC mean +- sd, global DSC, precision, recall, parameters (Keras convention,
+as the paper counts) and training time.
 
     python benchmarks/compare_models.py --train runs/default-weights/mni/train \\
         --heldout runs/default-weights/mni/heldout --epochs 4 --steps-per-epoch 200
