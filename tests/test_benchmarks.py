@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -82,3 +84,36 @@ def test_model_comparison_runs_the_papers_three_models(tmp_path):
         assert row["parameters"] == count_parameters(build_model(row["model"]))[1]
         mask = tmp_path / "work" / row["model"] / "heldout" / "sub-r001s002_ses-1_mask.nii.gz"
         assert nib.load(mask).shape == (40, 48, 12)
+
+
+@pytest.mark.slow  # ~25 s on a busy 2-core machine: three scans through the network
+def test_real_checks_rows(tmp_path, shared_data, tiny_model):
+    """A tiny random D-UNet on the MS scans and one clinical case, in this process (the tiny
+    model is registered here only): the JSON has a row per case and a verdict per check."""
+    import importlib.util
+
+    import torch
+
+    from napari_dunet.checkpoint import default_metadata, save_checkpoint
+    from napari_dunet.models import build_model
+
+    torch.manual_seed(0)
+    weights = save_checkpoint(tmp_path / "tiny.safetensors", build_model(tiny_model),
+                              default_metadata(tiny_model))
+    spec = importlib.util.spec_from_file_location("real_checks", BENCHMARKS / "real_checks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "checks.json"
+    assert script.main(["--weights", str(weights), "--checks", "ms-t1", "clinical",
+                        "--clinical-cases", "1", "--device", "cpu", "--data", str(shared_data),
+                        "--json", str(out), "--save-dir", str(tmp_path / "clinical")]) == 0
+    r = json.loads(out.read_text())
+    assert [(row["check"], row["case"]) for row in r["rows"]] == [
+        ("ms-t1", "patient19"), ("ms-t1", "patient26"), ("clinical", "clinical_081")]
+    assert set(r["summary"]) == {"ms-t1", "clinical"}
+    clinical = r["rows"][2]
+    assert clinical["thickness_mm"] in (4.0, 5.0, 6.0) and clinical["true_ml"] > 0
+    for key in ("dsc", "precision", "recall"):
+        assert 0 <= clinical[key] <= 1
+    assert all(positive(row["seconds"]) and row["pred_ml"] >= 0 for row in r["rows"])
+    assert (tmp_path / "clinical" / "clinical_081_T1w.nii.gz").is_file()

@@ -7,8 +7,8 @@ import torch
 
 from napari_dunet.errors import InputError
 from napari_dunet.io import load_mask
-from napari_dunet.preprocessing import (ATLAS_BOX, SliceGeometry, make_stacks,
-                                        normalize_intensity)
+from napari_dunet.preprocessing import (ATLAS_BOX, PIXEL_MM, SliceGeometry, make_stacks,
+                                        normalize_intensity, preprocess)
 
 
 def dsc(a, b):
@@ -16,10 +16,10 @@ def dsc(a, b):
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-def round_trip(mask, affine):
+def round_trip(mask, affine, n_slices=None):
     geometry = SliceGeometry.for_volume(mask.shape, affine)
     slices = geometry.forward(mask.astype(np.float32))
-    assert slices.shape == (geometry.n_slices, 192, 192)
+    assert slices.shape == (n_slices or geometry.n_slices, 192, 192)
     return geometry, geometry.inverse(slices) >= 0.5
 
 
@@ -49,9 +49,9 @@ def test_atlas_crop_is_zero_outside():
     assert outside.max() == 0
 
 
-def test_other_grid_keeps_whole_field_of_view(shared_data):
+def test_legacy_scheme_keeps_whole_field_of_view(shared_data):
     img = nib.load(shared_data / "ch2.nii.gz")
-    geometry = SliceGeometry.for_volume(img.shape, img.affine)
+    geometry = SliceGeometry.for_volume(img.shape, img.affine, scheme="legacy")
     assert geometry.policy == "square-fov"
     x0, x1, y0, y1 = geometry.box
     assert x0 <= 0 and y0 <= 0 and x1 >= img.shape[0] and y1 >= img.shape[1]
@@ -60,11 +60,71 @@ def test_other_grid_keeps_whole_field_of_view(shared_data):
     assert ones.min() > 0.99  # every native voxel is covered
 
 
-def test_anisotropic_voxels_keep_physical_aspect():
+def test_legacy_anisotropic_voxels_keep_physical_aspect():
     affine = np.diag([0.5, 1.0, 3.0, 1.0])
-    geometry = SliceGeometry.for_volume((300, 200, 10), affine)
+    geometry = SliceGeometry.for_volume((300, 200, 10), affine, scheme="legacy")
     x0, x1, y0, y1 = geometry.box
     assert (x1 - x0) * 0.5 == pytest.approx((y1 - y0) * 1.0, abs=1)
+
+
+def test_physical_pixels_are_the_paper_crop_size_and_thick_slices_are_split():
+    geometry = SliceGeometry.for_volume((300, 200, 40), np.diag([0.5, 1.0, 3.0, 1.0]))
+    assert geometry.policy == "physical"
+    assert geometry.step == pytest.approx((PIXEL_MM / 0.5, PIXEL_MM / 1.0))
+    assert geometry.z_factor == 3
+    assert geometry.forward(np.ones((300, 200, 40), np.float32)).shape == (120, 192, 192)
+    assert SliceGeometry.for_volume((200, 200, 40), np.diag([1.0, 1, 1.2, 1])).z_factor == 1
+
+
+def resampled(mask, affine, shape):
+    """A 1 mm RAS lesion mask moved onto another grid (linear, >= 0.5)."""
+    from napari_dunet.io import Volume
+    from napari_dunet.synth import resample_mask
+
+    return resample_mask(Volume(mask.data, mask.affine), shape, affine).astype(np.uint8)
+
+
+@pytest.mark.parametrize("zooms", [(0.9, 0.9, 3.0), (1.0, 1.0, 6.0), (0.45, 0.45, 5.0)])
+def test_thick_slice_grids_round_trip(shared_data, zooms):
+    lesion = load_mask(shared_data / "lesions" / "Subject_003.nii.gz")
+    affine = np.diag([*zooms, 1.0])
+    affine[:3, 3] = [-90.0, -126.0, -72.0]
+    shape = tuple(int(200 / z) for z in zooms)
+    mask = resampled(lesion, affine, shape)
+    assert mask.sum() > 100
+    geometry, back = round_trip(mask, affine, n_slices=shape[2] * geometry_factor(zooms[2]))
+    assert dsc(back, mask) >= 0.95
+
+
+def geometry_factor(thickness):
+    return max(1, round(thickness)) if thickness > 1.5 else 1
+
+
+def test_oblique_header_round_trips(shared_data):
+    lesion = load_mask(shared_data / "lesions" / "Subject_011.nii.gz")
+    angle = np.radians(20.0)
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * 1.1
+    affine[:3, 3] = rotation @ np.array([-100.0, -120.0, -80.0])
+    mask = resampled(lesion, affine, (180, 210, 170))
+    assert mask.sum() > 100
+    _, back = round_trip(mask, affine)
+    assert dsc(back, mask) >= 0.97
+
+
+def test_whole_head_window_is_centred_on_the_head_and_normalised_from_it(shared_data):
+    """ch2's head placed off-centre in a large, mostly empty field of view: the window follows
+    the head, and the head's intensities do not change."""
+    ch2 = nib.load(shared_data / "ch2.nii.gz")
+    head = np.asarray(ch2.dataobj, np.float32)
+    big = np.zeros((256, 256, 240), np.float32)
+    big[60:241, 30:247, 50:231] = head
+    base = preprocess(head, ch2.affine)
+    moved = preprocess(big, ch2.affine)
+    assert np.subtract(moved[0].centre, base[0].centre) == pytest.approx((60, 30), abs=2)
+    inside = moved[1][60:241, 30:247, 50:231]
+    assert np.abs(inside - base[1]).max() < 0.02
 
 
 @pytest.mark.parametrize("codes", [("L", "P", "S"), ("P", "I", "R"), ("S", "R", "A")])

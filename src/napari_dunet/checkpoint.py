@@ -21,7 +21,7 @@ from . import __version__
 from .errors import CheckpointError, DunetError
 from .io import atomic_write
 from .models import build_model
-from .preprocessing import INPUT_SIZE, STACK_OFFSETS
+from .preprocessing import DEFAULT_SCHEME, INPUT_SIZE, STACK_OFFSETS
 
 META_KEY = "napari_dunet"
 FORMAT_VERSION = 1
@@ -33,13 +33,20 @@ def default_metadata(model_name: str, **extra: Any) -> dict[str, Any]:
         "format": FORMAT_VERSION,
         "model": model_name,
         "threshold": 0.5,
-        "preprocessing": {"input_size": INPUT_SIZE, "stack_offsets": list(STACK_OFFSETS),
-                          "intensity": "percentile 0.5 -> 0, 99.5 -> 1, clipped"},
+        "preprocessing": {"scheme": DEFAULT_SCHEME, "input_size": INPUT_SIZE,
+                          "stack_offsets": list(STACK_OFFSETS),
+                          "intensity": "head voxels' percentile 0.5 -> 0, 99.5 -> 1, clipped"},
         "provenance": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        "package_version": __version__},
     }
     meta.update(extra)
     return meta
+
+
+def preprocessing_scheme(metadata: dict[str, Any]) -> str:
+    """The preprocessing a checkpoint's model expects (``preprocessing.SCHEMES``); checkpoints
+    written before schemes existed expect ``legacy``."""
+    return metadata.get("preprocessing", {}).get("scheme", "legacy")
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any], *,

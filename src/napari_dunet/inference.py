@@ -19,7 +19,6 @@ when few slices hold lesion boundaries.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import queue
 import threading
@@ -33,7 +32,7 @@ from torch import nn
 from .errors import Cancelled, DunetError
 from .fast import cpu_has_native_bf16, prepare_model
 from .io import Volume
-from .preprocessing import STACK_OFFSETS, SliceGeometry, make_stacks, normalize_intensity
+from .preprocessing import DEFAULT_SCHEME, STACK_OFFSETS, make_stacks, preprocess
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
@@ -172,7 +171,8 @@ def predict_volume(volume: Volume, model: nn.Module, *, device: str | torch.devi
                    batch_size: int = 16, slice_range: tuple[int, int] | None = None,
                    progress: ProgressCallback | None = None,
                    cancel: CancelCallback | None = None, optimize: bool = True,
-                   precision: Precision = "auto", threshold: float = 0.5) -> np.ndarray:
+                   precision: Precision = "auto", threshold: float = 0.5,
+                   scheme: str = DEFAULT_SCHEME) -> np.ndarray:
     """Probability map (float32, the volume's native shape and orientation) of lesion per voxel.
 
     ``slice_range`` = ``(start, stop)`` limits the work to those axial slices (RAS+ order,
@@ -180,10 +180,11 @@ def predict_volume(volume: Volume, model: nn.Module, *, device: str | torch.devi
     ``optimize`` (default) runs the inference-ready copy and skips empty stacks (module
     docstring); ``precision``: ``resolve_precision`` (``mixed`` keeps the fp32 mask at
     ``threshold``), then ``precision_context``; the plain path takes ``auto`` as it is.
+    ``scheme``: the preprocessing the model was trained with (``preprocessing.SCHEMES``).
     """
     device = resolve_device(device)
-    geometry = SliceGeometry.for_volume(volume.data.shape, volume.affine)
-    n = geometry.n_slices
+    geometry, normalized = preprocess(volume.data, volume.affine, scheme=scheme)
+    n, f = geometry.n_slices, geometry.z_factor
     start, stop = slice_range or (0, n)
     if not 0 <= start < stop <= n:
         raise DunetError(f"slice range {start}..{stop} is outside 0..{n}.")
@@ -191,42 +192,31 @@ def predict_volume(volume: Volume, model: nn.Module, *, device: str | torch.devi
     if not 0.0 < threshold < 1.0:
         raise DunetError(f"the threshold must be between 0 and 1, got {threshold}.")
     if not optimize:
-        slices = geometry.forward(normalize_intensity(volume.data))
+        slices = geometry.forward(normalized)
         model = model.to(device).eval()
-        probs = predict_slices(model, make_stacks(slices, range(start, stop)), device, batch_size,
-                               progress, cancel, precision=precision, threshold=threshold)
+        probs = predict_slices(model, make_stacks(slices, range(start * f, stop * f)), device,
+                               batch_size, progress, cancel, precision=precision,
+                               threshold=threshold)
         maps = torch.zeros_like(slices)
-        maps[start:stop] = probs
+        maps[start * f:stop * f] = probs
         return geometry.inverse(maps)
 
-    # the stacks of slices start..stop-1 read slices start-2..stop (zero outside the volume)
+    # the stacks of slices start..stop-1 read slices start-2..stop (zero outside the volume);
+    # split thick slices need no more: their neighbours lie within one native slice
     first, last = max(start + STACK_OFFSETS[0], 0), min(stop + STACK_OFFSETS[-1], n)
-    read_geometry, read_index = axial_slab(geometry, first, last)
-    normalized = normalize_intensity(volume.data)
+    read_geometry, read_index = geometry.slab(first, last)
     stacks = make_stacks(read_geometry.forward(normalized[read_index]),
-                         range(start - first, stop - first))
+                         range((start - first) * f, (stop - first) * f))
     del normalized
     precision = resolve_precision(precision, device, len(stacks))
     probs = _predict_nonempty(prepare_model(model, device), stacks, device, batch_size,
                               progress, cancel, dict(precision=precision, threshold=threshold))
     if (start, stop) == (0, n):
         return geometry.inverse(probs)
-    out_geometry, out_index = axial_slab(geometry, start, stop)
+    out_geometry, out_index = geometry.slab(start, stop)
     out = np.zeros(geometry.native_shape, np.float32)
     out[out_index] = out_geometry.inverse(probs)
     return out
-
-
-def axial_slab(geometry: SliceGeometry, start: int, stop: int
-               ) -> tuple[SliceGeometry, tuple[slice, slice, slice]]:
-    """The geometry of axial slices ``start..stop-1`` alone, and their index into the native
-    array: ``slab.forward(data[index])`` gives those slices, ``slab.inverse`` puts them back."""
-    ends = sorted((geometry.axial_index(start), geometry.axial_index(stop - 1)))
-    index = [slice(None)] * 3
-    index[geometry.axial_axis] = slice(ends[0], ends[1] + 1)
-    shape = list(geometry.native_shape)
-    shape[geometry.axial_axis] = stop - start
-    return dataclasses.replace(geometry, native_shape=tuple(shape)), tuple(index)
 
 
 def _predict_nonempty(model: nn.Module, stacks: torch.Tensor, device: torch.device,

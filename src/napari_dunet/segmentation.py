@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .inference import CancelCallback, Precision, ProgressCallback, predict_volume
+from .preprocessing import DEFAULT_SCHEME
 from .io import Volume, load_volume, save_mask, save_volume, strip_nifti_suffix
 
 
@@ -39,15 +40,15 @@ def segment_case(image: str | os.PathLike | Volume, model: nn.Module,
                  save_prob: bool = False, overwrite: bool = False, name: str | None = None,
                  progress: ProgressCallback | None = None,
                  cancel: CancelCallback | None = None,
-                 precision: Precision = "auto") -> SegmentationResult:
+                 precision: Precision = "auto", scheme: str = DEFAULT_SCHEME) -> SegmentationResult:
     """Segment one volume; with ``output_dir`` write ``<name>_mask.nii.gz`` (and ``_prob``).
 
-    ``precision``: see ``inference.predict_volume``.
+    ``precision``, ``scheme``: see ``inference.predict_volume``.
     """
     volume = image if isinstance(image, Volume) else load_volume(image)
     prob = predict_volume(volume, model, device=device, batch_size=batch_size,
                           progress=progress, cancel=cancel, precision=precision,
-                          threshold=threshold)
+                          threshold=threshold, scheme=scheme)
     mask = threshold_mask(prob, threshold)
     result = SegmentationResult(volume, prob, mask, lesion_volume_ml(mask, volume))
     if output_dir is not None:

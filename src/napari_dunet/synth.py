@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 
 from .errors import DunetError, InputError
 from .io import Volume, atomic_write, is_nifti, load_volume, save_mask, save_volume
+from .tissue import largest_component, otsu_threshold
 
 MNI_SPACE = "MNI152NLin2009aSym"
 MNI_FILES = {
@@ -114,13 +115,13 @@ def estimate_brain_mask(data: np.ndarray, voxel_size: tuple[float, ...] = (1.0, 
     foreground = data > data.min()
     if not foreground.any():
         raise InputError("the anatomy is empty: all voxels have the same value.")
-    head = ndi.binary_fill_holes(_largest_component(foreground))
+    head = ndi.binary_fill_holes(largest_component(foreground))
     if head.sum() * voxel_ml < 2200.0:
         return head
-    bright = data > _otsu(data[foreground])
+    bright = data > otsu_threshold(data[foreground])
     steps = max(1, round(4.0 / min(voxel_size)))
     core = ndi.binary_erosion(bright, iterations=steps)
-    tissue = ndi.binary_dilation(_largest_component(core if core.any() else bright),
+    tissue = ndi.binary_dilation(largest_component(core if core.any() else bright),
                                  iterations=steps) & bright
     close = max(1, round(3.0 / min(voxel_size)))
     brain = ndi.binary_closing(np.pad(tissue, close), iterations=close)[(slice(close, -close),) * 3]
@@ -128,26 +129,6 @@ def estimate_brain_mask(data: np.ndarray, voxel_size: tuple[float, ...] = (1.0, 
     for z in range(brain.shape[2]):
         brain[:, :, z] = ndi.binary_fill_holes(brain[:, :, z])
     return ndi.binary_fill_holes(brain)
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndi.label(mask)
-    if n <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == np.argmax(sizes)
-
-
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    counts, edges = np.histogram(values, bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(counts)
-    w1 = w0[-1] - w0
-    s0 = np.cumsum(counts * centres)
-    m0 = s0 / np.maximum(w0, 1)
-    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
-    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
 def _three_class_means(values: np.ndarray, iterations: int = 100) -> np.ndarray:

@@ -64,6 +64,7 @@ def segment_volume(job: SegmentJob, progress: Callable[[int, int], None] | None 
     """
     import torch
 
+    from ..checkpoint import preprocessing_scheme
     from ..inference import predict_volume, resolve_device
     from ..preprocessing import SliceGeometry
 
@@ -86,7 +87,7 @@ def segment_volume(job: SegmentJob, progress: Callable[[int, int], None] | None 
                          "that axis, to see more.")
     threshold = float(metadata.get("threshold", 0.5)) if job.threshold is None else job.threshold
     run = dict(batch_size=job.batch_size, slice_range=slice_range, threshold=threshold,
-               progress=progress, cancel=cancel)
+               progress=progress, cancel=cancel, scheme=preprocessing_scheme(metadata))
     try:
         probability = predict_volume(job.volume, model, device=device, **run)
     except (torch.OutOfMemoryError, RuntimeError) as exc:

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                          f"sample case in {args.out} was not segmented; pass --weights FILE "
                          "(a D-UNet .safetensors checkpoint).")
 
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, preprocessing_scheme
     from ..inference import predict_volume, resolve_device
     from ..preprocessing import SliceGeometry
     from ..segmentation import threshold_mask
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
 
     probability = predict_volume(image, model, device=device, slice_range=slice_range,
-                                 progress=progress)
+                                 progress=progress, scheme=preprocessing_scheme(meta))
     mask = threshold_mask(probability, float(meta.get("threshold", 0.5)))
     save_mask(mask, image, paths["mask"], overwrite=args.overwrite)
     result = evaluate_arrays(mask, truth.data, name=NAME, pred_affine=image.affine,

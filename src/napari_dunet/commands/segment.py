@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise DunetError("no weights given and no default weights are bundled; pass --weights FILE.")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold must be between 0 and 1, got {args.threshold}.")
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, preprocessing_scheme
     from ..inference import resolve_device
     from ..io import find_cases
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         result = segment_case(case.image, model, args.output, threshold=threshold,
                               device=device, batch_size=args.batch_size,
                               save_prob=args.save_prob, overwrite=args.overwrite, name=case.name,
-                              precision=args.precision)
+                              precision=args.precision, scheme=preprocessing_scheme(meta))
         scores = score_case(case, result) if scored else ""
         print(f"{case.name:<32} {result.lesion_ml:>10.2f}{scores}  {result.mask_path}")
         sys.stdout.flush()

@@ -22,9 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--data", required=True, nargs="+", type=Path, metavar="DIR",
+    parser.add_argument("--data", nargs="+", type=Path, metavar="DIR",
                         help="folders of T1 images with lesion masks (ATLAS/BIDS, R1.1 or flat "
-                             "layout), or image files with their mask beside them")
+                             "layout), or image files with their mask beside them; with --synth "
+                             "they are all validation cases")
+    parser.add_argument("--synth", nargs="+", metavar="ANATOMY",
+                        help="train on cases drawn on the fly from these anatomies' label maps "
+                             "('mni' or T1 files) with the --lesions shapes (docs/synthesis.md)")
+    parser.add_argument("--lesions", nargs="+", type=Path, metavar="MASK",
+                        help="lesion mask files or folders for --synth")
     parser.add_argument("--out", required=True, type=Path, metavar="CHECKPOINT",
                         help="model to write (.safetensors); the resumable state goes beside it "
                              "as NAME.state.safetensors")
@@ -71,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..inference import resolve_device
     from ..training.config import TrainConfig
-    from ..training.data import find_training_cases, load_cases, split_cases
     from ..training.distributed import Distributed
     from ..training.engine import EpochMetrics, training_events
     from ..training.state import state_path
@@ -89,21 +94,16 @@ def run(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch, device=args.device,
         precision=args.precision)
     config.check()
+    if not args.data and not args.synth:
+        raise InputError("give training cases with --data, or anatomies to draw from with --synth.")
     device = resolve_device(args.device)
     dist = Distributed.from_env(device.type)
     try:
         log = print if dist.is_main else (lambda *a, **k: None)
-        train_files, val_files = split_cases(find_training_cases(args.data), args.val_fraction,
-                                             args.seed)
-        if len(train_files) < dist.world_size:
-            raise InputError(f"{len(train_files)} training case(s) for {dist.world_size} "
-                             f"processes; every process needs at least one.")
-        log(f"{len(train_files)} training and {len(val_files)} validation cases; "
-            f"{dist.world_size} process(es) on {device.type}")
-        started = time.perf_counter()
-        train_cases = load_cases(dist.shard(train_files), config.input_size)
-        val_cases = load_cases(dist.shard(val_files), config.input_size)
-        log(f"prepared in {time.perf_counter() - started:.0f} s")
+        if args.synth:
+            train_cases, val_cases = _synthetic_cases(args, config, dist, log)
+        else:
+            train_cases, val_cases = _cases_from_disk(args, config, dist, log)
         log(f"{'epoch':>5} {'loss':>9} {'val DSC':>8} {'global':>8} {'s':>7}  saved")
         events = training_events(train_cases, val_cases, config, args.out, init=args.init,
                                  resume=args.resume, dist=dist)
@@ -122,6 +122,46 @@ def run(args: argparse.Namespace) -> int:
     finally:
         dist.close()
     return 0
+
+
+def _cases_from_disk(args: argparse.Namespace, config, dist, log) -> tuple[list, list]:
+    from ..errors import InputError
+    from ..training.data import find_training_cases, load_cases, split_cases
+
+    train_files, val_files = split_cases(find_training_cases(args.data), args.val_fraction,
+                                         args.seed)
+    if len(train_files) < dist.world_size:
+        raise InputError(f"{len(train_files)} training case(s) for {dist.world_size} "
+                         f"processes; every process needs at least one.")
+    log(f"{len(train_files)} training and {len(val_files)} validation cases; "
+        f"{dist.world_size} process(es)")
+    started = time.perf_counter()
+    train_cases = load_cases(dist.shard(train_files), config.input_size)
+    val_cases = load_cases(dist.shard(val_files), config.input_size)
+    log(f"prepared in {time.perf_counter() - started:.0f} s")
+    return train_cases, val_cases
+
+
+def _synthetic_cases(args: argparse.Namespace, config, dist, log) -> tuple[object, list]:
+    """A synthesis stream to train on; validation: the --data cases, else fixed draws."""
+    from ..errors import InputError
+    from ..synth import lesion_files
+    from ..training.data import find_training_cases, load_cases
+    from ..training.synthetic import SynthSource, SynthStream, validation_cases
+
+    if not args.lesions:
+        raise InputError("--synth needs lesion shapes: --lesions MASK [MASK ...].")
+    if config.steps_per_epoch is None:
+        raise InputError("--synth needs --steps-per-epoch (the cases never run out).")
+    source = SynthSource(tuple(args.synth), tuple(lesion_files(args.lesions)),
+                         input_size=config.input_size).check()
+    if args.data:
+        val_cases = load_cases(dist.shard(find_training_cases(args.data)), config.input_size)
+    else:
+        val_cases = dist.shard(validation_cases(source, 4)) if args.val_fraction > 0 else []
+    log(f"drawing from {len(source.anatomies)} anatomies and {len(source.lesions)} lesion shapes; "
+        f"{len(val_cases)} validation cases; {dist.world_size} process(es)")
+    return SynthStream(source, seed=config.seed, rank=dist.rank), val_cases
 
 
 def _init_model(init: Path | None) -> str:

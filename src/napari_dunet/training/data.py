@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InputError
 from ..io import Case, find_cases, load_volume
-from ..preprocessing import INPUT_SIZE, STACK_OFFSETS, SliceGeometry, make_stacks, normalize_intensity
+from ..preprocessing import DEFAULT_SCHEME, INPUT_SIZE, STACK_OFFSETS, make_stacks, preprocess
 
 HEAD_LEVEL = 0.1  # normalised intensity that counts as tissue
 HEAD_AREA = 0.01  # a slice shows head if at least this share of its pixels is tissue
@@ -61,7 +61,7 @@ class TrainingCase:
 
 
 def prepare_case(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, name: str = "case",
-                 input_size: int = INPUT_SIZE) -> TrainingCase:
+                 input_size: int = INPUT_SIZE, scheme: str = DEFAULT_SCHEME) -> TrainingCase:
     """Image and mask (same native grid) -> ``TrainingCase``, with the inference preprocessing.
 
     Raises ``InputError`` if the shapes differ; an empty mask is allowed but warned about.
@@ -75,9 +75,9 @@ def prepare_case(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, name: 
     if not np.any(mask):
         warnings.warn(f"{name}: the lesion mask is empty; the case only shows the network "
                       f"lesion-free slices.", stacklevel=2)
-    geometry = SliceGeometry.for_volume(image.shape, affine, size=input_size)
     try:
-        slices = geometry.forward(normalize_intensity(image))
+        geometry, normalized = preprocess(image, affine, scheme=scheme, size=input_size)
+        slices = geometry.forward(normalized)
     except InputError as exc:
         raise InputError(f"{name}: {exc}") from exc
     masks = geometry.forward((mask > 0).astype(np.float32)) >= 0.5

@@ -104,6 +104,9 @@ def training_events(train_cases: Sequence[TrainingCase], val_cases: Sequence[Tra
                     dist: Distributed | None = None) -> Generator[Event, None, TrainResult]:
     """Train ``config.model`` on this process's ``train_cases``, validating on ``val_cases``.
 
+    ``train_cases`` may be a ``synthetic.SynthStream``: each epoch then trains on its current
+    pool (``config.steps_per_epoch`` steps); a resumed run draws a new stream.
+
     ``init``: checkpoint to start from (fine-tuning); ``resume``: continue from
     ``state_path(out)``. With ``dist`` (``torchrun``) each process passes its own shard of the
     cases. GPU memory is released when the generator finishes or is closed.
@@ -124,6 +127,11 @@ class _Trainer:
         if init is not None and resume:
             raise InputError("resuming continues from the saved training state; do not also "
                              "give an initial checkpoint.")
+        self.stream = train_cases if hasattr(train_cases, "refresh") else None
+        if self.stream is not None:
+            if config.steps_per_epoch is None:
+                raise InputError("training on synthesised cases needs a number of steps per epoch.")
+            train_cases = self.stream.refresh()
         if not train_cases:
             raise InputError("no training case" + (f" for process {dist.rank}: use at least as "
                              f"many training cases as processes ({dist.world_size})"
@@ -206,6 +214,10 @@ class _Trainer:
         done = 0
         for epoch in range(first, last + 1):
             started = time.perf_counter()
+            if self.stream is not None and epoch > first:
+                self.train_cases = self.stream.refresh()
+                self.sampler = BalancedSampler(self.train_cases, self.config.batch_size,
+                                               self.config.lesion_fraction)
             rng, generator = self._seed(epoch)
             self.net.train()
             losses = []
@@ -334,6 +346,8 @@ class _Trainer:
     def release(self) -> None:
         """Drop the model and optimizer (and free cached GPU memory)."""
         self.net = self.model = self.optimizer = None  # type: ignore[assignment]
+        if self.stream is not None:
+            self.stream.close()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -1,0 +1,265 @@
+"""Training scans drawn from tissue label maps: random contrast, shape, resolution and view.
+
+The approach of SynthSeg (Billot et al., Medical Image Analysis 2023) and SynthStroke
+(Chalcroft et al., 2025): a network that only ever sees images drawn from label maps with
+random intensities per label, random deformation, random resolution and random artefacts learns
+the shape of a lesion, not one scanner's look. Every draw (``draw_scan``):
+
+1. a real lesion shape (optionally mirrored) becomes a cavity core and a gliotic rim in the
+   anatomy's label map; nearby CSF spaces widen (ex vacuo) and nearby cortex thins;
+2. the skull and scalp labels are kept, or removed (brain-extracted scans);
+3. random affine (rotation, scaling, shift) and smooth elastic deformation, in one resampling;
+4. an intensity per label: T1-like order most of the time (CSF < GM < WM, lesion core near CSF),
+   any order otherwise; the lesion core stays near the CSF level in most draws (a fluid cavity
+   looks like CSF in any contrast); per-label texture and partial-volume blur;
+5. random field of view (cropped below, above and at the sides) and slice thickness (blurred
+   and resampled to 2-7 mm axial slices, as clinical scans are);
+6. a smooth bias field, gamma, and noise.
+
+The ranges are the fields of ``SynthRanges`` (recorded in the model card). The result is a
+native-grid image and mask, which training prepares with the same preprocessing as any scan.
+Every random choice comes from the ``rng`` passed in: a seed reproduces a draw exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from .errors import InputError
+from .io import Volume, load_volume
+from .synth import Anatomy, _bias_field, anatomy_from_t1, load_anatomy, resample_mask
+from .tissue import head_mask
+
+# label values of a label map
+BACKGROUND, HEAD, CSF, GM, WM, CORE, RIM = 0, (1, 2), (3, 4), (5, 6, 7), (8, 9), 10, 11
+N_LABELS = 12
+TISSUE_LEVELS = {"head": HEAD, "csf": CSF, "gm": GM, "wm": WM}
+
+
+@dataclass(frozen=True)
+class SynthRanges:
+    """The random ranges of one draw (uniform unless said otherwise)."""
+
+    t1_like: float = 0.7  # share of draws with T1 tissue order
+    core_like_csf: float = 0.8  # share of draws whose lesion core is near the CSF level
+    rotation_deg: float = 12.0
+    scale: float = 0.12  # each axis scaled by 1 +- scale
+    shift_mm: float = 10.0
+    elastic_mm: float = 3.0  # largest displacement of the smooth deformation
+    strip_skull: float = 0.3  # share of skull-on anatomies drawn brain-extracted
+    texture: tuple[float, float] = (0.01, 0.06)  # within-label standard deviation
+    blur_mm: tuple[float, float] = (0.3, 1.0)  # partial-volume blur (Gaussian sigma)
+    thick_slices: float = 0.4  # share of draws with thick axial slices
+    slice_mm: tuple[int, int] = (2, 7)
+    crop_mm: float = 30.0  # at most this much cut off each side of the field of view
+    bias: tuple[float, float] = (0.0, 0.3)  # log-standard deviation of the bias field
+    gamma: tuple[float, float] = (0.7, 1.5)  # log-uniform
+    noise: tuple[float, float] = (0.0, 0.05)  # Rician sigma, fraction of the brightest tissue
+    rim_mm: tuple[float, float] = (1.0, 3.0)  # depth of the gliotic rim inside the mask
+    ex_vacuo_mm: tuple[float, float] = (0.0, 3.0)
+    cortical_loss: float = 0.5  # share of draws where cortex next to the lesion becomes CSF
+
+
+@dataclass
+class LabelAnatomy:
+    """A tissue label map (RAS+, uint8; values above) and its affine."""
+
+    name: str
+    labels: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def has_skull(self) -> bool:
+        return bool(np.isin(self.labels, HEAD).any())
+
+
+def label_anatomy(anatomy: Anatomy, name: str) -> LabelAnatomy:
+    """Labels from an ``synth.Anatomy``: CSF, GM and WM split into intensity sub-classes (so
+    that a draw has texture within a tissue, as SynthSeg's many labels give it), and the skull
+    and scalp of a skull-on scan in two classes."""
+    data, brain = anatomy.t1.data, anatomy.brain
+    csf = brain & (anatomy.csf >= 0.5)
+    wm = brain & ~csf & (anatomy.wm >= 0.5)
+    gm = brain & ~csf & ~wm
+    labels = np.zeros(data.shape, np.uint8)
+    head = head_mask(data, 1) & ~brain
+    if head.sum() > 0.2 * brain.sum():  # a skull-on scan
+        _split(labels, data, head, HEAD)
+    for mask, values in ((csf, CSF), (gm, GM), (wm, WM)):
+        _split(labels, data, mask, values)
+    return LabelAnatomy(name, labels, anatomy.t1.affine.copy())
+
+
+def _split(labels: np.ndarray, data: np.ndarray, mask: np.ndarray, values: tuple[int, ...]) -> None:
+    """Give ``mask``'s voxels ``values`` by intensity quantile (equal shares)."""
+    if not mask.any():
+        return
+    edges = np.quantile(data[mask], np.linspace(0, 1, len(values) + 1)[1:-1])
+    labels[mask] = np.asarray(values, np.uint8)[np.searchsorted(edges, data[mask])]
+
+
+def load_label_anatomy(source: str | Path) -> LabelAnatomy:
+    """``"mni"`` (nilearn's MNI152 2009a) or a T1 file, as a RAS+ label map."""
+    import nibabel as nib
+
+    if str(source).lower() == "mni":
+        name, anatomy = "mni", load_anatomy("mni")
+    else:  # negative values (interpolation around a brain-extracted scan) are background
+        volume = load_volume(source)
+        volume.data = np.clip(volume.data.astype(np.float32), 0.0, None)
+        name, anatomy = Path(source).name.split(".")[0], anatomy_from_t1(volume)
+    labelled = label_anatomy(anatomy, name)
+    image = nib.as_closest_canonical(nib.Nifti1Image(labelled.labels, labelled.affine))
+    return LabelAnatomy(name, np.asarray(image.dataobj, np.uint8), image.affine)
+
+
+def lesion_on(anatomy: LabelAnatomy, lesion: Volume, mirror: bool = False) -> np.ndarray:
+    """A lesion mask moved onto the anatomy's grid (world coordinates), within its brain."""
+    return resample_mask(lesion, anatomy.labels.shape, anatomy.affine, mirror) & (anatomy.labels >= CSF[0])
+
+
+# ---- one draw -------------------------------------------------------------------------------
+
+def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generator,
+              ranges: SynthRanges = SynthRanges()) -> tuple[Volume, Volume]:
+    """A random scan (float32) and its lesion mask (uint8) on a random native grid (RAS+)."""
+    if not lesion.any():
+        raise InputError(f"the lesion does not reach {anatomy.name}'s brain.")
+    labels = with_lesion(anatomy.labels, lesion, rng, ranges)
+    if anatomy.has_skull and rng.random() < ranges.strip_skull:
+        labels[np.isin(labels, HEAD)] = BACKGROUND
+    labels = _deform(labels, rng, ranges)
+    image = _paint(labels, rng, ranges)
+    mask = ((labels == CORE) | (labels == RIM)).astype(np.float32)
+    image, mask, spacing = _field_of_view_and_slices(image, mask, rng, ranges)
+    image = _artefacts(image, labels_brain(image), rng, ranges)
+    affine = np.diag([1.0, 1.0, float(spacing), 1.0])
+    affine[:3, 3] = -np.asarray(image.shape) * np.diag(affine)[:3] / 2
+    return Volume(image, affine), Volume((mask >= 0.5).astype(np.uint8), affine.copy())
+
+
+def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator,
+                ranges: SynthRanges = SynthRanges()) -> np.ndarray:
+    """A copy of ``labels`` with the lesion as core and rim, ex-vacuo widening of nearby CSF
+    and, in some draws, loss of the cortex next to it (within a box around the lesion)."""
+    labels = labels.copy()
+    inside = np.argwhere(lesion)
+    box = tuple(slice(max(a - 20, 0), b + 21) for a, b in zip(inside.min(0), inside.max(0)))
+    sub, les = labels[box], lesion[box]
+    outside_mm = ndi.distance_transform_edt(~les)
+    near = (outside_mm < 15.0) & (sub >= CSF[0]) & ~les
+    fluid = np.isin(sub, CSF)
+    widen = rng.uniform(*ranges.ex_vacuo_mm)
+    if widen > 0 and fluid.any():
+        sub[near & (ndi.distance_transform_edt(~fluid) <= widen)] = CSF[0]
+    if rng.random() < ranges.cortical_loss:
+        sub[np.isin(sub, GM) & (outside_mm <= rng.uniform(1.0, 3.0))] = CSF[0]
+    depth_mm = ndi.distance_transform_edt(les)
+    sub[les] = np.where(depth_mm[les] <= rng.uniform(*ranges.rim_mm), RIM, CORE)
+    labels[box] = sub
+    return labels
+
+
+def _deform(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -> np.ndarray:
+    """Labels resampled (nearest) through a random affine and a smooth elastic field."""
+    shape = labels.shape
+    angles = np.radians(rng.uniform(-ranges.rotation_deg, ranges.rotation_deg, 3))
+    rotation = _rotation(*angles)
+    scale = np.diag(1.0 + rng.uniform(-ranges.scale, ranges.scale, 3))
+    extent = np.asarray(shape, float) / 2  # normalised coordinates: voxels / half-extent
+    matrix = np.diag(1 / extent) @ rotation @ scale @ np.diag(extent)
+    shift = rng.uniform(-ranges.shift_mm, ranges.shift_mm, 3) / extent
+    theta = torch.tensor(np.concatenate([matrix, shift[:, None]], 1)[::-1, [2, 1, 0, 3]].copy(),
+                         dtype=torch.float32)  # grid_sample takes (x, y, z) = array (2, 1, 0)
+    grid = F.affine_grid(theta[None], [1, 1, *shape], align_corners=False)
+    coarse = torch.from_numpy(rng.standard_normal((1, 3, 5, 5, 5)).astype(np.float32))
+    field = F.interpolate(coarse, size=shape, mode="trilinear", align_corners=False)
+    field *= ranges.elastic_mm * rng.uniform(0, 1) / float(coarse.abs().max())
+    scale_to_grid = torch.tensor(extent[::-1].copy(), dtype=torch.float32)  # (x, y, z) order
+    grid = grid + (field[0].flip(0).permute(1, 2, 3, 0) / scale_to_grid)[None]
+    source = torch.from_numpy(labels.astype(np.float32))[None, None]
+    out = F.grid_sample(source, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out[0, 0].numpy().astype(np.uint8)
+
+
+def _rotation(a: float, b: float, c: float) -> np.ndarray:
+    ca, sa, cb, sb, cc, sc = math.cos(a), math.sin(a), math.cos(b), math.sin(b), math.cos(c), math.sin(c)
+    rx = np.array([[1, 0, 0], [0, ca, -sa], [0, sa, ca]])
+    ry = np.array([[cb, 0, sb], [0, 1, 0], [-sb, 0, cb]])
+    rz = np.array([[cc, -sc, 0], [sc, cc, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRanges()) -> np.ndarray:
+    """Mean intensity (0..1) of each label for one draw."""
+    means = rng.uniform(0.0, 1.0, N_LABELS)
+    if rng.random() < ranges.t1_like:
+        wm = rng.uniform(0.7, 1.0)
+        gm = wm * rng.uniform(0.55, 0.85)
+        csf = wm * rng.uniform(0.05, 0.35)
+        for values, level, spread in ((CSF, csf, 0.05), (GM, gm, 0.06), (WM, wm, 0.04)):
+            means[list(values)] = level + rng.uniform(-spread, spread, len(values))
+        means[list(HEAD)] = rng.uniform(0.1, 1.1, len(HEAD))
+    csf = float(means[list(CSF)].mean())
+    tissue = float(means[list(GM) + list(WM)].mean())
+    if rng.random() < ranges.core_like_csf:
+        means[CORE] = csf + rng.uniform(-0.1, 0.1) * abs(tissue - csf)
+    means[RIM] = means[CORE] + rng.uniform(0.2, 0.8) * (tissue - means[CORE])
+    means[BACKGROUND] = 0.0
+    return np.clip(means, 0.0, 1.2)
+
+
+def _paint(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -> np.ndarray:
+    """Intensities per label, texture, and partial-volume blur."""
+    means = label_intensities(rng, ranges).astype(np.float32)
+    sds = rng.uniform(*ranges.texture, N_LABELS).astype(np.float32)
+    sds[BACKGROUND] = 0.0
+    image = means[labels] + sds[labels] * rng.standard_normal(labels.shape, dtype=np.float32)
+    return ndi.gaussian_filter(image, rng.uniform(*ranges.blur_mm), truncate=2.5)
+
+
+def _field_of_view_and_slices(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                              ranges: SynthRanges) -> tuple[np.ndarray, np.ndarray, int]:
+    """Crop each side of the field of view; some draws get thick axial slices."""
+    reach = (ranges.crop_mm / 2, ranges.crop_mm / 2, ranges.crop_mm)  # more below (neck), above
+    crop = [slice(int(rng.uniform(0, r)), n - int(rng.uniform(0, r / 2 if axis == 2 else r)))
+            for axis, (n, r) in enumerate(zip(image.shape, reach))]
+    image, mask = image[tuple(crop)], mask[tuple(crop)]
+    if rng.random() >= ranges.thick_slices:
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask), 1
+    thickness = int(rng.integers(ranges.slice_mm[0], ranges.slice_mm[1] + 1))
+    offset = int(rng.integers(thickness))
+    sigma = (0, 0, thickness / 2.355)  # the slice profile: FWHM = thickness
+    image = ndi.gaussian_filter(image, sigma, truncate=2.0)[:, :, offset::thickness]
+    mask = ndi.gaussian_filter(mask, sigma, truncate=2.0)[:, :, offset::thickness]
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask), thickness
+
+
+def labels_brain(image: np.ndarray) -> np.ndarray:
+    """Where the bias field is normalised: the non-background voxels."""
+    return image > 1e-3
+
+
+def _artefacts(image: np.ndarray, where: np.ndarray, rng: np.random.Generator,
+               ranges: SynthRanges) -> np.ndarray:
+    """Bias field (computed on a coarse grid), gamma, Rician noise."""
+    coarse_shape = tuple(max(2, n // 8) for n in image.shape)
+    coarse_where = ndi.zoom(where.astype(np.float32), [c / n for c, n in zip(coarse_shape, image.shape)],
+                            order=0) > 0.5
+    if not coarse_where.any():
+        coarse_where[:] = True
+    field = _bias_field(coarse_shape, coarse_where, rng.uniform(*ranges.bias), rng)
+    field = F.interpolate(torch.from_numpy(field)[None, None], size=image.shape, mode="trilinear",
+                          align_corners=False)[0, 0].numpy()
+    image = np.clip(image * field, 0.0, None) ** math.exp(rng.uniform(*np.log(ranges.gamma)))
+    sigma = rng.uniform(*ranges.noise) * float(np.percentile(image[where], 99) if where.any() else 1.0)
+    real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
+    imaginary = sigma * rng.standard_normal(image.shape, dtype=np.float32)
+    return np.sqrt(real * real + imaginary * imaginary).astype(np.float32)

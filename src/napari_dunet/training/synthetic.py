@@ -1,0 +1,156 @@
+"""Training cases drawn on the fly from label maps (``labelsynth``) by a worker process.
+
+``SynthStream`` keeps a pool of prepared cases; a background process draws new ones (one
+thread, so it shares a small CPU with the training) and each epoch takes the newest into the
+pool, dropping the oldest. The engine accepts a stream in place of a list of training cases.
+Draws are seeded by (seed, rank, draw number), so a stream repeats for the same seed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..preprocessing import DEFAULT_SCHEME, INPUT_SIZE
+from .data import TrainingCase, prepare_case
+
+
+@dataclass(frozen=True)
+class SynthSource:
+    """What the draws are made of: anatomies (``"mni"`` or T1 files) and lesion mask files."""
+
+    anatomies: tuple[str, ...]
+    lesions: tuple[Path, ...]
+    mirror: bool = True  # also use each lesion reflected to the other hemisphere
+    input_size: int = INPUT_SIZE
+    scheme: str = DEFAULT_SCHEME
+
+    def check(self) -> "SynthSource":
+        if not self.anatomies:
+            raise InputError("synthesis needs at least one anatomy ('mni' or a T1 file).")
+        if not self.lesions:
+            raise InputError("synthesis needs at least one lesion mask file.")
+        for path in [Path(a) for a in self.anatomies if a.lower() != "mni"] + list(self.lesions):
+            if not Path(path).is_file():
+                raise InputError(f"{path}: no such file.")
+        return self
+
+
+class CaseDrawer:
+    """Draws prepared training cases from a ``SynthSource`` in this process."""
+
+    def __init__(self, source: SynthSource):
+        from .. import labelsynth
+        from ..io import load_mask
+
+        self.source = source
+        self.anatomies = [labelsynth.load_label_anatomy(a) for a in source.anatomies]
+        self.lesions = [load_mask(p) for p in source.lesions]
+        self._placed: dict[tuple[int, int, bool], np.ndarray] = {}
+
+    def draw(self, seed: Sequence[int]) -> TrainingCase:
+        """One case; the same ``seed`` gives the same case."""
+        from .. import labelsynth
+
+        rng = np.random.default_rng(list(seed))
+        for _ in range(20):  # a mirrored lesion may miss a small anatomy's brain: draw again
+            a, k = int(rng.integers(len(self.anatomies))), int(rng.integers(len(self.lesions)))
+            mirror = bool(self.source.mirror and rng.random() < 0.5)
+            lesion = self._lesion(a, k, mirror)
+            if lesion.any():
+                break
+        else:
+            raise InputError("no lesion mask reaches the anatomies' brains.")
+        image, mask = labelsynth.draw_scan(self.anatomies[a], lesion, rng)
+        name = f"synth-{self.anatomies[a].name}-{self.source.lesions[k].name.split('.')[0]}" \
+               f"{'-mirrored' if mirror else ''}-{'-'.join(map(str, seed))}"
+        return prepare_case(image.data, mask.data, image.affine, name, self.source.input_size,
+                            scheme=self.source.scheme)
+
+    def _lesion(self, a: int, k: int, mirror: bool) -> np.ndarray:
+        from .. import labelsynth
+
+        key = (a, k, mirror)
+        if key not in self._placed:
+            self._placed[key] = labelsynth.lesion_on(self.anatomies[a], self.lesions[k], mirror)
+        return self._placed[key]
+
+
+def _worker(source: SynthSource, seed: int, rank: int, out: mp.Queue, stop) -> None:
+    torch.set_num_threads(1)
+    try:
+        os.nice(5)  # drawing must not slow the training it feeds
+    except OSError:
+        pass
+    out.cancel_join_thread()  # on stop, exit without flushing cases nobody will read
+    drawer = CaseDrawer(source)
+    index = 0
+    while not stop.is_set():
+        case = drawer.draw((seed, rank, index))
+        index += 1
+        while not stop.is_set():
+            try:
+                out.put((case.name, case.slices, case.masks), timeout=0.5)
+                break
+            except queue.Full:
+                continue
+
+
+class SynthStream:
+    """A pool of ``pool_size`` synthetic cases, refreshed from a worker process each epoch."""
+
+    def __init__(self, source: SynthSource, *, seed: int = 0, rank: int = 0,
+                 pool_size: int = 48, queue_size: int = 16):
+        self.source = source.check()
+        context = mp.get_context("spawn")
+        self._queue: mp.Queue = context.Queue(maxsize=queue_size)
+        self._stop = context.Event()
+        self._process = context.Process(target=_worker, daemon=True, name="napari-dunet-synth",
+                                        args=(source, seed, rank, self._queue, self._stop))
+        self.pool: list[TrainingCase] = []
+        self.pool_size = pool_size
+        self.drawn = 0
+        self._process.start()
+
+    def refresh(self, minimum: int = 8) -> list[TrainingCase]:
+        """The pool after taking every case drawn since the last call (waiting until it holds
+        at least ``minimum``)."""
+        while True:
+            try:
+                block = len(self.pool) < minimum
+                name, slices, masks = self._queue.get(timeout=300 if block else 0.01) \
+                    if block else self._queue.get_nowait()
+            except queue.Empty:
+                if len(self.pool) < minimum:
+                    self._check_alive()
+                    continue
+                return list(self.pool)
+            self.pool.append(TrainingCase(name, slices, masks))
+            self.pool = self.pool[-self.pool_size:]
+            self.drawn += 1
+
+    def _check_alive(self) -> None:
+        if not self._process.is_alive():
+            raise InputError(f"the synthesis worker stopped (exit code {self._process.exitcode}).")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=5)
+        self._queue.close()
+
+
+def validation_cases(source: SynthSource, count: int, seed: int = 10_000) -> list[TrainingCase]:
+    """``count`` fixed synthetic cases (drawn here, seeded apart from the training stream)."""
+    drawer = CaseDrawer(source)
+    return [drawer.draw((seed, i)) for i in range(count)]

@@ -1,0 +1,89 @@
+"""Training scans drawn from label maps: labels, reproducible draws, the stream the engine reads."""
+
+import numpy as np
+import pytest
+
+from napari_dunet import labelsynth
+from napari_dunet.io import load_mask
+from napari_dunet.preprocessing import preprocess
+
+
+@pytest.fixture(scope="module")
+def ch2_labels(shared_data):
+    return labelsynth.load_label_anatomy(shared_data / "ch2.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def lesion(shared_data, ch2_labels):
+    return labelsynth.lesion_on(ch2_labels, load_mask(shared_data / "lesions" / "Subject_005.nii.gz"))
+
+
+def test_label_maps_hold_every_tissue_and_the_skull_when_scanned_with_it(ch2_labels):
+    counts = np.bincount(ch2_labels.labels.ravel(), minlength=labelsynth.N_LABELS)
+    for values in labelsynth.TISSUE_LEVELS.values():
+        assert counts[list(values)].min() > 10_000
+    assert ch2_labels.has_skull
+    assert counts[[labelsynth.CORE, labelsynth.RIM]].sum() == 0  # lesions come with a draw
+
+
+def test_mni_template_is_brain_extracted():
+    mni = labelsynth.load_label_anatomy("mni")
+    assert not mni.has_skull and mni.labels.shape == (197, 233, 189)
+
+
+def test_lesion_becomes_core_and_rim_inside_the_brain(ch2_labels, lesion):
+    labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(0))
+    assert set(np.unique(labels[lesion])) <= {labelsynth.CORE, labelsynth.RIM}
+    assert (labels == labelsynth.CORE).any() and (labels == labelsynth.RIM).any()
+    assert not np.isin(labels[~lesion], [labelsynth.CORE, labelsynth.RIM]).any()
+
+
+def test_draws_repeat_with_a_seed_and_differ_without(ch2_labels, lesion):
+    first = labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(7))
+    again = labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(7))
+    other = labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng())
+    assert np.array_equal(first[0].data, again[0].data) and np.array_equal(first[1].data, again[1].data)
+    assert first[0].data.shape != other[0].data.shape or not np.array_equal(first[0].data, other[0].data)
+
+
+def test_a_draw_is_a_scan_the_preprocessing_takes(ch2_labels, lesion):
+    for seed in range(4):
+        image, mask = labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(seed))
+        assert image.data.dtype == np.float32 and np.isfinite(image.data).all()
+        assert image.data.shape == mask.data.shape and mask.data.sum() > 500
+        spacing = image.voxel_size[2]
+        geometry, normalized = preprocess(image.data, image.affine)
+        slices = geometry.forward(normalized)
+        assert slices.shape[0] == image.data.shape[2] * geometry.z_factor
+        assert (geometry.z_factor > 1) == (spacing > 1.5)
+        seen = geometry.forward(mask.data.astype(np.float32)) >= 0.5
+        assert seen.sum() > 0.5 * mask.data.sum() * spacing  # the lesion is in the window
+
+
+def test_intensities_keep_the_lesion_core_near_csf_in_most_draws():
+    near = 0
+    for seed in range(200):
+        means = labelsynth.label_intensities(np.random.default_rng(seed))
+        csf = means[list(labelsynth.CSF)].mean()
+        tissue = means[list(labelsynth.GM) + list(labelsynth.WM)].mean()
+        near += abs(means[labelsynth.CORE] - csf) <= 0.1 * abs(tissue - csf) + 1e-6
+    assert 0.7 <= near / 200 <= 0.95
+
+
+@pytest.mark.slow
+def test_stream_feeds_fresh_cases_from_a_worker_process(shared_data):
+    from napari_dunet.training.synthetic import SynthSource, SynthStream
+
+    source = SynthSource((str(shared_data / "ch2.nii.gz"),),
+                         (shared_data / "lesions" / "Subject_001.nii.gz",
+                          shared_data / "lesions" / "Subject_002.nii.gz"), input_size=64)
+    stream = SynthStream(source, seed=3, pool_size=3)
+    try:
+        pool = stream.refresh(minimum=2)
+        assert len(pool) >= 2 and all(case.slices.shape[1:] == (64, 64) for case in pool)
+        assert all(case.lesion.any() for case in pool)
+        later = stream.refresh(minimum=3)
+        assert len(later) == 3 and len({case.name for case in later}) == 3
+    finally:
+        stream.close()
+    assert not stream._process.is_alive()
