@@ -1,0 +1,105 @@
+"""Figures of docs/architecture.md and docs/synthesis.md: what preprocessing makes of three
+different scans, and a grid of random label-map draws as the network sees them.
+
+    python scripts/make_preprocessing_figures.py [--data ../shared/data] [--out docs/images]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import ndimage as ndi  # noqa: E402
+
+from napari_dunet import labelsynth  # noqa: E402
+from napari_dunet.io import Volume, load_mask, load_volume  # noqa: E402
+from napari_dunet.preprocessing import preprocess  # noqa: E402
+
+
+def thick(volume: Volume, mask: Volume, thickness: int) -> tuple[Volume, Volume]:
+    """Every ``thickness``-th axial slice of a 1 mm RAS-like volume, after a slice-profile blur."""
+    sigma = (0, 0, thickness / 2.355)
+    affine = volume.affine.copy()
+    affine[:3, 2] *= thickness
+    cut = lambda a: ndi.gaussian_filter(a.astype(np.float32), sigma)[:, :, ::thickness]  # noqa: E731
+    return Volume(cut(volume.data), affine), Volume((cut(mask.data) >= 0.5).astype(np.uint8), affine)
+
+
+def scans(data: Path) -> list[tuple[str, Volume, Volume | None]]:
+    t2 = data / "real" / "stroke_t2"
+    ms = load_volume(data / "real" / "ms_t1" / "patient26" / "T1w.nii.gz")
+    lesion = load_mask(data / "lesions" / "Subject_090.nii.gz")
+    from napari_dunet.synth import resample_mask
+
+    placed = Volume(resample_mask(lesion, ms.data.shape, ms.affine).astype(np.uint8), ms.affine)
+    thick_ms, thick_mask = thick(ms, placed, 6)
+    return [("ch2: whole head, 181x217x181, 1 mm", load_volume(data / "ch2.nii.gz"), None),
+            ("real stroke T2: native, skull on, 1 mm", load_volume(t2 / "T2.nii.gz"),
+             load_mask(t2 / "lesionT2.nii.gz")),
+            ("MS T1 made thick: 1x1x6 mm, lesion shape 90", thick_ms, thick_mask)]
+
+
+def preprocessing_figure(data: Path, out: Path) -> None:
+    rows = scans(data)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(8, 4 * len(rows)))
+    for (title, volume, mask), (native_ax, net_ax) in zip(rows, axes):
+        geometry, normalized = preprocess(volume.data, volume.affine)
+        slices = geometry.forward(normalized)
+        ras = geometry.to_canonical(volume.data)
+        if mask is not None:
+            z = int(np.argmax(geometry.to_canonical(mask.data).sum(axis=(0, 1))))
+        else:
+            z = ras.shape[2] // 2
+        zoom = np.sqrt((volume.affine[:3, :3] ** 2).sum(0))
+        extent = (0, ras.shape[0] * zoom[0], 0, ras.shape[1] * zoom[1])
+        native_ax.imshow(ras[:, :, z].T, cmap="gray", origin="lower", extent=extent)
+        native_ax.set_title(f"{title}\nnative slice {z} (mm)", fontsize=9)
+        net = slices[z * geometry.z_factor + geometry.z_factor // 2].numpy()
+        net_ax.imshow(net, cmap="gray", origin="lower", vmin=0, vmax=1)
+        if mask is not None:
+            seen = geometry.forward(mask.data.astype(np.float32))
+            net_ax.contour(seen[z * geometry.z_factor + geometry.z_factor // 2].numpy(), [0.5],
+                           colors="r", linewidths=0.8)
+        net_ax.set_title(f"network input 192x192 at {180 / 192:.4f} mm, window centred on the "
+                         f"head\n(x{geometry.z_factor} slices)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+
+
+def draws_figure(data: Path, out: Path, n: int = 18) -> None:
+    anatomies = [labelsynth.load_label_anatomy(a) for a in
+                 ("mni", data / "ch2.nii.gz", data / "real" / "ms_t1" / "patient19" / "T1w.nii.gz")]
+    lesions = [load_mask(data / "lesions" / f"Subject_{k:03d}.nii.gz") for k in (4, 17, 33, 52, 66, 78)]
+    fig, axes = plt.subplots(3, n // 3, figsize=(2.6 * n // 3, 8))
+    for i, ax in enumerate(axes.flat):
+        rng = np.random.default_rng([2026, i])
+        anatomy = anatomies[i % len(anatomies)]
+        lesion = labelsynth.lesion_on(anatomy, lesions[i % len(lesions)], mirror=bool(i % 2))
+        image, mask = labelsynth.draw_scan(anatomy, lesion, rng)
+        geometry, normalized = preprocess(image.data, image.affine)
+        seen = geometry.forward(mask.data.astype(np.float32)) >= 0.5
+        z = int(np.argmax(seen.sum(dim=(1, 2))))
+        ax.imshow(geometry.forward(normalized)[z].numpy(), cmap="gray", origin="lower", vmin=0, vmax=1)
+        ax.contour(seen[z].numpy(), [0.5], colors="r", linewidths=0.6)
+        ax.set_title(f"{anatomy.name}, {image.voxel_size[2]:.0f} mm slices", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=70)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, default=Path("docs/images"))
+    args = parser.parse_args()
+    preprocessing_figure(args.data, args.out / "preprocessing_scans.png")
+    draws_figure(args.data, args.out / "labelsynth_draws.png")
+
+
+if __name__ == "__main__":
+    main()
