@@ -1,4 +1,4 @@
-"""Volume <-> network input, and back (SPEC.md, "Data and preprocessing").
+"""Volume <-> network input, and back (docs/architecture.md, "Preprocessing and its inverse").
 
 Forward: reorient to RAS+ (axis order and flips only, no resampling), cut an in-plane box out
 of every axial slice, resize it to 192x192 (bilinear) and stack slices i-2, i-1, i, i+1.
@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .geometry import RAS, voxel_sizes
 
 INPUT_SIZE = 192
 ATLAS_INPLANE = (197, 233)
 ATLAS_BOX = (10, 190, 40, 220)  # x0, x1, y0, y1
 STACK_OFFSETS = (-2, -1, 0, 1)
-CANONICAL = nio.axcodes2ornt("RAS")
+CANONICAL = RAS
 
 
 def normalize_intensity(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
@@ -72,7 +73,7 @@ class SliceGeometry:
         ras_axes = native_ornt[:, 0].astype(int)  # native axis k becomes RAS axis ras_axes[k]
         ras_shape = [0, 0, 0]
         zooms = [0.0, 0.0, 0.0]
-        native_zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+        native_zooms = voxel_sizes(affine)
         for k in range(3):
             ras_shape[ras_axes[k]] = shape[k]
             zooms[ras_axes[k]] = float(native_zooms[k])
