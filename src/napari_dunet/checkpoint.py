@@ -49,7 +49,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[st
     ``half`` stores floating tensors as float16 (they are loaded back as float32).
     """
     if "model" not in metadata:
-        raise ValueError("checkpoint metadata needs a 'model' name")
+        raise CheckpointError("Checkpoint metadata needs a 'model' name.")
     tensors = {}
     for key, value in model.state_dict().items():
         value = value.detach().cpu()
