@@ -24,21 +24,24 @@ import math
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Callable, Literal, TypeVar
+from typing import Callable, Literal, TypeVar, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import Cancelled, DunetError
+from . import options as names
+from .errors import Cancelled, DunetError, InputError
 from .fast import cpu_has_native_bf16, prepare_model
 from .io import Volume
+from .options import SegmentOptions
 from .preprocessing import STACK_OFFSETS, SliceGeometry, make_stacks, normalize_intensity
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
 Precision = Literal["auto", "fp32", "bf16", "mixed"]
-PRECISIONS = ("auto", "fp32", "bf16", "mixed")
+PRECISIONS = get_args(Precision)
+names.agree("precision", PRECISIONS, names.PRECISIONS)
 MIXED_LOGIT_MARGIN = 0.5
 """``mixed``: how close (in logits) a bf16 voxel may come to the threshold before its stack is
 recomputed in fp32; the largest bf16 error measured within one logit of the threshold with the
@@ -102,7 +105,7 @@ def resolve_precision(precision: Precision, device: torch.device, n_stacks: int)
 
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise DunetError(f"Unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
+        raise InputError(names.check_choice("precision", precision, PRECISIONS).capitalize() + ".")
 
 
 def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
@@ -168,29 +171,28 @@ def near_threshold(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     return ((probs > low) & (probs < high)).flatten(1).any(dim=1)
 
 
-def predict_volume(volume: Volume, model: nn.Module, *, device: str | torch.device = "auto",
-                   batch_size: int = 16, slice_range: tuple[int, int] | None = None,
-                   progress: ProgressCallback | None = None,
-                   cancel: CancelCallback | None = None, optimize: bool = True,
-                   precision: Precision = "auto", threshold: float = 0.5) -> np.ndarray:
+def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = SegmentOptions(),
+                   *, progress: ProgressCallback | None = None,
+                   cancel: CancelCallback | None = None) -> np.ndarray:
     """Probability map (float32, the volume's native shape and orientation) of lesion per voxel.
 
-    ``slice_range`` = ``(start, stop)`` limits the work to those axial slices (RAS+ order,
-    inferior to superior, see ``SliceGeometry.axial_index``); other slices get probability 0.
-    ``optimize`` (default) runs the inference-ready copy and skips empty stacks (module
-    docstring); ``precision``: ``resolve_precision`` (``mixed`` keeps the fp32 mask at
-    ``threshold``), then ``precision_context``; the plain path takes ``auto`` as it is.
+    ``options.slice_range`` = ``(start, stop)`` limits the work to those axial slices (RAS+
+    order, inferior to superior, see ``SliceGeometry.axial_index``); other slices get
+    probability 0. ``options.optimize`` (default) runs the inference-ready copy and skips empty
+    stacks (module docstring); ``options.precision``: ``resolve_precision`` (``mixed`` keeps the
+    fp32 mask at ``options.threshold``, 0.5 when None), then ``precision_context``; the plain
+    path takes ``auto`` as it is. Segmenting a case: ``segmentation.segment``.
     """
-    device = resolve_device(device)
+    options.check()
+    device = resolve_device(options.device)
+    batch_size, precision = options.batch_size, options.precision
+    threshold = 0.5 if options.threshold is None else options.threshold
     geometry = SliceGeometry.for_volume(volume.data.shape, volume.affine)
     n = geometry.n_slices
-    start, stop = slice_range or (0, n)
+    start, stop = options.slice_range or (0, n)
     if not 0 <= start < stop <= n:
         raise DunetError(f"slice range {start}..{stop} is outside 0..{n}.")
-    check_precision(precision)
-    if not 0.0 < threshold < 1.0:
-        raise DunetError(f"the threshold must be between 0 and 1, got {threshold}.")
-    if not optimize:
+    if not options.optimize:
         slices = geometry.forward(normalize_intensity(volume.data))
         model = model.to(device).eval()
         probs = predict_slices(model, make_stacks(slices, range(start, stop)), device, batch_size,
