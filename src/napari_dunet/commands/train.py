@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import add_dtype_argument, add_output_argument
+
 HELP = "Train or fine-tune a model on T1 images with lesion masks (files or BIDS/ATLAS folders)."
 
 EPILOG = """\
@@ -17,6 +19,7 @@ torchrun --nproc_per_node N -m napari_dunet.cli train ... (--batch-size is per p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..options import LOSSES, OPTIMIZERS
     from ..training.config import TrainConfig
 
     d = TrainConfig()
@@ -25,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, nargs="+", type=Path, metavar="DIR",
                         help="folders of T1 images with lesion masks (ATLAS/BIDS, R1.1 or flat "
                              "layout), or image files with their mask beside them")
-    parser.add_argument("--out", required=True, type=Path, metavar="CHECKPOINT",
+    add_output_argument(parser, required=True, metavar="CHECKPOINT",
                         help="model to write (.safetensors); the resumable state goes beside it "
                              "as NAME.state.safetensors")
     parser.add_argument("--val-fraction", type=float, default=0.2,
@@ -34,16 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help=f"stacks per step and process (default {d.batch_size})")
     parser.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
-    parser.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer,
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                         help="default adam")
     parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default 0)")
-    parser.add_argument("--loss", choices=("eml", "focal", "dice"), default=d.loss, help="default eml")
+    parser.add_argument("--loss", choices=LOSSES, default=d.loss, help="default eml")
     parser.add_argument("--model", help="model name from `dunet models` (default: the --init "
                                         "checkpoint's, else dunet)")
     parser.add_argument("--init", type=Path, metavar="CHECKPOINT",
                         help="start from these weights (fine-tuning)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the training saved beside --out")
+                        help="continue the training saved beside --output")
     parser.add_argument("--patience", type=int, default=d.patience,
                         help=f"early stopping: epochs without a better validation DSC "
                              f"(default {d.patience}; 0: off)")
@@ -60,11 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "lesion slices (faster steps; default: whole slices)")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: mixed precision on GPUs, float32 on CPUs (default); bf16: "
-                             "bfloat16 autocast, also on CPUs (fast where they have bf16 "
-                             "instructions); fp32: float32 everywhere")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_dtype_argument(parser, help="compute dtype; auto: mixed precision on GPUs, float32 on "
+                       "CPUs (default); bf16: bfloat16 autocast, also on CPUs (fast where they "
+                       "have bf16 instructions); mixed: bf16 steps, validation masks as "
+                       "inference's mixed makes them; fp32: float32 everywhere")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,14 +76,15 @@ def run(args: argparse.Namespace) -> int:
     from ..training.config import TrainConfig
     from ..training.data import find_training_cases, load_cases, split_cases
     from ..training.distributed import Distributed
-    from ..training.engine import EpochMetrics, training_events
+    from ..training.engine import EpochMetrics, train
     from ..training.state import state_path
 
-    if args.out.exists() and not (args.overwrite or args.resume):
-        raise InputError(f"{args.out} exists; pass --overwrite to replace it or --resume to "
+    out = args.output
+    if out.exists() and not (args.overwrite or args.resume):
+        raise InputError(f"{out} exists; pass --overwrite to replace it or --resume to "
                          f"continue its training.")
-    if args.resume and not state_path(args.out).is_file():
-        raise InputError(f"nothing to resume: {state_path(args.out)} does not exist.")
+    if args.resume and not state_path(out).is_file():
+        raise InputError(f"nothing to resume: {state_path(out)} does not exist.")
     config = TrainConfig(
         model=args.model or _init_model(args.init), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
@@ -105,19 +109,15 @@ def run(args: argparse.Namespace) -> int:
         val_cases = load_cases(dist.shard(val_files), config.input_size)
         log(f"prepared in {time.perf_counter() - started:.0f} s")
         log(f"{'epoch':>5} {'loss':>9} {'val DSC':>8} {'global':>8} {'s':>7}  saved")
-        events = training_events(train_cases, val_cases, config, args.out, init=args.init,
-                                 resume=args.resume, dist=dist)
-        while True:
-            try:
-                event = next(events)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if isinstance(event, EpochMetrics):
-                log(f"{event.epoch:>5} {event.train_loss:>9.4f} {_fmt(event.val_dsc):>8} "
-                    f"{_fmt(event.val_global_dsc):>8} {event.seconds:>7.1f}  "
-                    f"{'yes' if event.saved else ''}")
-                sys.stdout.flush()
+
+        def on_epoch(event: EpochMetrics) -> None:
+            log(f"{event.epoch:>5} {event.train_loss:>9.4f} {_fmt(event.val_dsc):>8} "
+                f"{_fmt(event.val_global_dsc):>8} {event.seconds:>7.1f}  "
+                f"{'yes' if event.saved else ''}")
+            sys.stdout.flush()
+
+        result = train(train_cases, val_cases, config, out, init=args.init, resume=args.resume,
+                       on_epoch=on_epoch, dist=dist)
         log(result.message)
     finally:
         dist.close()
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _init_model(init: Path | None) -> str:
     from ..checkpoint import read_metadata
-    from ..models import DEFAULT_MODEL
+    from ..options import DEFAULT_MODEL
 
     return read_metadata(init)["model"] if init is not None else DEFAULT_MODEL
 
