@@ -68,19 +68,19 @@ def segment(image: str | os.PathLike | Volume, model: nn.Module,
     device = inference.resolve_device(options.device)
     run = dataclasses.replace(options, device=str(device), threshold=threshold)
     notes = []
-    try:
-        probability = inference.predict_volume(volume, model, run, progress=progress,
-                                               cancel=cancel)
-    except (torch.OutOfMemoryError, RuntimeError) as exc:
-        if device.type == "cpu" or "out of memory" not in str(exc).lower():
-            raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        notes.append(f"The {device.type.upper()} device ran out of memory, so this run used the "
-                     "CPU instead (slower).")
-        probability = inference.predict_volume(volume, model,
-                                               dataclasses.replace(run, device="cpu"),
-                                               progress=progress, cancel=cancel)
+    while True:
+        try:
+            probability = inference.predict_volume(volume, model, run, progress=progress,
+                                                   cancel=cancel)
+            break
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if run.device == "cpu" or "out of memory" not in str(exc).lower():
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            notes.append(f"The {device.type.upper()} device ran out of memory, so this run used "
+                         "the CPU instead (slower).")
+            run = dataclasses.replace(run, device="cpu")
     mask = threshold_mask(probability, threshold)
     return SegmentationResult(volume, probability, mask, threshold,
                               lesion_volume_ml(mask, volume), options.slice_range, notes)
