@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each runs a script end to end
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

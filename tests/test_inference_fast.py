@@ -199,6 +199,7 @@ def test_auto_precision_is_mixed_on_bf16_cpus_for_whole_volumes(monkeypatch):
     assert resolve_precision("auto", cpu, 189) == "fp32"
 
 
+@pytest.mark.slow
 def test_mixed_precision_keeps_the_fp32_mask_of_the_bundled_weights():
     """The default CPU path on a real scan with a lesion: the bundled weights on the napari
     sample, over slices that hold the lesion's upper edge and slices above it."""

@@ -27,7 +27,7 @@ def test_cli_demo_and_panel_give_identical_masks(make_napari_viewer, qtbot, tmp_
     image = load_volume(SAMPLE_IMAGE)
     with contextlib.redirect_stdout(io.StringIO()):
         demo_mask = demo.segment_case(image, load_mask(SAMPLE_MASK), weights.default_checkpoint(),
-                                      "cpu", quick=False)
+                                      "cpu", quick=False).mask
 
     model_store.set_checkpoint(None)  # the bundled weights
     viewer = make_napari_viewer()

@@ -7,8 +7,8 @@ Long runs report ``progress(done, total)`` and stop when ``cancel()`` returns Tr
 BatchNorm folded, channels-last) and skips the work that cannot change the result: stacks whose
 four slices are all zero (no head in them) give the model's output for an all-zero stack, which
 is computed once per call; a slice range reads and writes only the slices it needs.
-``optimize=False`` is the plain path (the caller's model, every stack), kept as the reference
-the benchmarks and tests compare with.
+``SegmentOptions(optimize=False)`` is the plain path (the caller's model, every stack), kept as
+the reference the benchmarks and tests compare with.
 
 Precision ``mixed`` (the CPU default where the CPU has bf16 instructions) runs every stack in
 bfloat16 and runs again in float32 each stack whose map has a voxel near the threshold (within

@@ -89,7 +89,7 @@ def demo_range(image, truth, quick: bool) -> tuple[int, int]:
 
 
 def segment_case(image, truth, weights: Path, device: str, quick: bool):
-    """The demo's mask of ``image`` (``segmentation.segment``, progress on stderr)."""
+    """``segmentation.segment`` of ``image`` over ``demo_range``, progress on stderr."""
     from ..checkpoint import load_checkpoint
     from ..inference import resolve_device
     from ..options import SegmentOptions
@@ -108,7 +108,7 @@ def segment_case(image, truth, weights: Path, device: str, quick: bool):
                      progress=progress)
     for note in result.notes:
         print(f"dunet demo: warning: {note}", file=sys.stderr)
-    return result.mask
+    return result
 
 
 def has_display() -> bool:
@@ -142,14 +142,15 @@ def run(args: argparse.Namespace) -> int:
                          f"sample case in {args.output} was not segmented; pass --weights FILE "
                          "(a D-UNet .safetensors checkpoint).")
 
-    mask = segment_case(image, truth, weights, args.device, args.quick)
+    segmented = segment_case(image, truth, weights, args.device, args.quick)
+    mask = segmented.mask
     save_mask(mask, image, paths["mask"], overwrite=args.overwrite)
     result = evaluate_arrays(mask, truth.data, name=NAME, pred_affine=image.affine,
                              truth_affine=image.affine, pred_label="the D-UNet mask",
                              truth_label="the known lesion")
     scores = report([result])
     scores.update(sample=description, weights=str(weights), quick=bool(args.quick),
-                  slices=list(demo_range(image, truth, args.quick)))
+                  slices=list(segmented.slice_range))
     text = json.dumps(scores, indent=2) + "\n"
     atomic_write(paths["metrics"], lambda tmp: tmp.write_text(text), overwrite=args.overwrite)
     m = result.metrics
