@@ -16,6 +16,14 @@ def add_output_argument(parser: argparse.ArgumentParser, *, required: bool = Fal
                        help=argparse.SUPPRESS)
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (``auto`` or a torch device such as ``cuda:1``)."""
+    from ..options import DEVICES
+
+    parser.add_argument("--device", default="auto",
+                        help=f"{', '.join(DEVICES)} or e.g. cuda:1 (default auto)")
+
+
 def add_dtype_argument(parser: argparse.ArgumentParser, **kwargs) -> None:
     """``--dtype`` (one of ``options.PRECISIONS``, stored as ``precision``); ``--precision`` is
     accepted too (hidden, the older spelling, easily confused with the metric)."""

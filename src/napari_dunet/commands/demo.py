@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import add_output_argument
+from . import add_device_argument, add_output_argument
 
 HELP = ("Segment a sample stroke case end to end: writes the mask, an overlay PNG and the metrics "
         "against the known lesion, and shows them in napari.")
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the case's noise and bias field (the lesion has the "
                              "synthesiser's typical look, synth.Appearance())")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    add_device_argument(parser)
     parser.add_argument("--no-viewer", action="store_true", help="do not open napari")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 

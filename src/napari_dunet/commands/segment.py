@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import add_dtype_argument, add_output_argument
+from . import add_device_argument, add_dtype_argument, add_output_argument
 
 if TYPE_CHECKING:  # annotations only
     from ..io import Case
@@ -17,12 +17,10 @@ HELP = "Segment stroke lesions in T1 volumes (files or BIDS/ATLAS folders)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..options import DEVICES
-
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files or folders")
     add_output_argument(parser, required=True, help="output folder")
     parser.add_argument("--weights", type=Path, help="checkpoint (.safetensors)")
-    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto)")
+    add_device_argument(parser)
     parser.add_argument("--threshold", type=float, default=None,
                         help="probability threshold (default: the checkpoint's, 0.5)")
     parser.add_argument("--batch-size", type=int, default=16, help="stacks per forward pass")

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import add_dtype_argument, add_output_argument
+from . import add_device_argument, add_dtype_argument, add_output_argument
 
 HELP = "Train or fine-tune a model on T1 images with lesion masks (files or BIDS/ATLAS folders)."
 
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on random N x N windows of the slices, centred on lesion for "
                              "lesion slices (faster steps; default: whole slices)")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    add_device_argument(parser)
     add_dtype_argument(parser, help="compute dtype; auto: mixed precision on GPUs, float32 on "
                        "CPUs (default); bf16: bfloat16 autocast, also on CPUs (fast where they "
                        "have bf16 instructions); mixed: bf16 steps, validation masks as "
