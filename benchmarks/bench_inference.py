@@ -6,7 +6,7 @@ floor and a 3D nnU-Net-style peer, in one run (ratios stay meaningful on a busy 
 The volume is ATLAS-sized (197x233x189, 1 mm MNI): nilearn's bundled MNI152 2009a template,
 which is exactly that grid (or, without nilearn, a synthetic head of that shape). Rows:
 
-* fast: ``predict_volume`` as the CLI and the widget run it (default precision: ``mixed`` on
+* fast: ``segmentation.segment`` as the CLI and the widget run it (default precision: ``mixed`` on
   CPUs with bf16 instructions), end to end: read the NIfTI, predict, threshold, write the mask.
 * fp32, bf16: the same with the other precisions (bf16 where the device runs it natively).
 * naive: the same model, eager fp32, every slice in batches of 16, no other optimisation.
@@ -41,16 +41,22 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_dunet.fast import cpu_has_native_bf16, prepare_model
-from napari_dunet.inference import predict_volume, resolve_device, resolve_precision
+from napari_dunet.inference import resolve_device, resolve_precision
 from napari_dunet.io import load_volume, save_mask
 from napari_dunet.metrics import confusion, dice
 from napari_dunet.models import build_model
+from napari_dunet.options import SegmentOptions
 from napari_dunet.preprocessing import INPUT_SIZE, SliceGeometry
-from napari_dunet.segmentation import threshold_mask
+from napari_dunet.segmentation import segment, threshold_mask
 
 ATLAS_SHAPE = (197, 233, 189)
 MNI_TEMPLATE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 QUICK_SLICES = 8  # --quick: the top 4 slices of the head and 4 above it
+
+
+def predict(volume, model: nn.Module, *, device: torch.device, **options) -> np.ndarray:
+    """The probability map of ``segmentation.segment``, the path the CLI and the widget run."""
+    return segment(volume, model, {}, SegmentOptions(device=str(device), **options)).probability
 
 
 # -- input ------------------------------------------------------------------------------------
@@ -120,13 +126,13 @@ class ModelClock:
 
 def segment_file(path: Path, model: nn.Module, out: Path, device: torch.device, *, clock_on,
                  threshold: float, **options) -> dict:
-    """Read -> predict -> threshold -> write, timed per stage (what ``segment_case`` does)."""
+    """Read -> predict -> threshold -> write, timed per stage (what ``dunet segment`` does)."""
     clock = ModelClock(clock_on, device)
     try:
         t0 = time.perf_counter()
         volume = load_volume(path)
         t1 = time.perf_counter()
-        prob = predict_volume(volume, model, device=device, threshold=threshold, **options)
+        prob = predict(volume, model, device=device, threshold=threshold, **options)
         t2 = time.perf_counter()
         save_mask(threshold_mask(prob, threshold), volume, out, overwrite=True)
         t3 = time.perf_counter()
@@ -239,7 +245,7 @@ def run_cohort(path: Path, model: nn.Module, folder: Path, device: torch.device,
     from napari_dunet.inference import prefetch
 
     def segment(volume, i: int):
-        prob = predict_volume(volume, model, device=device, **options)
+        prob = predict(volume, model, device=device, **options)
         return threshold_mask(prob, options["threshold"]), volume, folder / f"mask_{i}.nii.gz"
 
     paths = [path] * n
@@ -294,7 +300,7 @@ def run(args: argparse.Namespace) -> dict:
         middle = n // 2
         warm_range = (max(middle - 8, 0), min(middle + 8, n))  # one batch of 16, as timed below
         for opts in (fast_opts, naive_opts, *(dict(fast_opts, precision=v) for v in others)):
-            predict_volume(warm, model, device=device, slice_range=warm_range, **opts)
+            predict(warm, model, device=device, slice_range=warm_range, **opts)
 
         fast_runs, naive_runs = [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
@@ -313,7 +319,7 @@ def run(args: argparse.Namespace) -> dict:
         slice_times = []
         for _ in range(3):
             t = time.perf_counter()
-            predict_volume(warm, model, device=device, slice_range=(middle, middle + 1), **fast_opts)
+            predict(warm, model, device=device, slice_range=(middle, middle + 1), **fast_opts)
             slice_times.append(time.perf_counter() - t)
 
         variants = {v: segment_file(path, model, out, device, clock_on=prepared,

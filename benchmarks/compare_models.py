@@ -40,15 +40,15 @@ def compare(model: str, args: argparse.Namespace) -> dict:
     work = args.work / model
     checkpoint = work / "model.safetensors"
     started = time.perf_counter()
-    dunet("train", "--model", model, "--data", *args.train, "--out", checkpoint,
+    dunet("train", "--model", model, "--data", *args.train, "--output", checkpoint,
           "--val-fraction", args.val_fraction, "--epochs", args.epochs,
           "--steps-per-epoch", args.steps_per_epoch, "--batch-size", args.batch_size,
           "--crop-size", args.crop_size, "--lr", args.lr, "--patience", 0,
-          "--precision", args.precision, "--seed", args.seed, "--device", args.device,
+          "--dtype", args.precision, "--seed", args.seed, "--device", args.device,
           "--overwrite")
     train_seconds = time.perf_counter() - started
     dunet("segment", args.heldout, "-o", work / "heldout", "--weights", checkpoint,
-          "--precision", args.precision, "--device", args.device, "--overwrite")
+          "--dtype", args.precision, "--device", args.device, "--overwrite")
     scores = dunet("evaluate", "--pred", work / "heldout", "--truth", args.heldout, "--json",
                    capture=True)
     summary = json.loads(scores)["summary"]

@@ -27,10 +27,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_dunet import metrics, synth
-from napari_dunet.checkpoint import load_checkpoint, preprocessing_scheme
-from napari_dunet.inference import resolve_device
+from napari_dunet.checkpoint import load_checkpoint
 from napari_dunet.io import Volume, find_cases, load_mask, load_volume, save_mask, save_volume
-from napari_dunet.segmentation import segment_case
+from napari_dunet.options import SegmentOptions
+from napari_dunet.segmentation import segment
 from napari_dunet.weights import default_checkpoint
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -54,15 +54,12 @@ class Segmenter:
     """The checkpoint, segmenting as ``dunet segment`` does; every call timed."""
 
     def __init__(self, weights: Path, device: str):
-        self.device = resolve_device(device)
-        self.model, self.meta = load_checkpoint(weights, device=self.device)
-        self.threshold = float(self.meta.get("threshold", 0.5))
-        self.scheme = preprocessing_scheme(self.meta)
+        self.model, self.meta = load_checkpoint(weights)
+        self.options = SegmentOptions(device=device)
 
     def __call__(self, volume: Volume) -> tuple[np.ndarray, float]:
         t = time.perf_counter()
-        result = segment_case(volume, self.model, None, threshold=self.threshold,
-                              device=self.device, scheme=self.scheme)
+        result = segment(volume, self.model, self.meta, self.options)
         return result.mask, time.perf_counter() - t
 
 

@@ -24,9 +24,9 @@ SHARED=${SHARED:-../shared/data}
 # a step schedule of the learning rate: epochs 1-3 at 5e-4, 4-5 at 1.5e-4, 6 at 5e-5 (--resume
 # continues the saved state with the new rate; every epoch draws the batches it always draws)
 train() {
-  dunet train --data "$WORK/mni/train" "$WORK/ch2/train" --out "$WORK/dunet.safetensors" \
+  dunet train --data "$WORK/mni/train" "$WORK/ch2/train" --output "$WORK/dunet.safetensors" \
     --val-fraction 0.05 --batch-size 16 --crop-size 96 --steps-per-epoch 200 --patience 0 \
-    --precision bf16 --seed 0 --device "$DEVICE" "$@"
+    --dtype bf16 --seed 0 --device "$DEVICE" "$@"
 }
 train --lr 5e-4 --epochs 3 --overwrite
 train --lr 1.5e-4 --epochs 5 --resume

@@ -67,11 +67,13 @@ def tiny_model(monkeypatch) -> str:
     """A D-UNet of a quarter of the width (same code), registered for one test only."""
     from functools import partial
 
+    from napari_dunet import options
     from napari_dunet.models import MODELS, ModelSpec
     from napari_dunet.models.unet2d import DUNet
 
     monkeypatch.setitem(MODELS, "dunet-tiny", ModelSpec("dunet-tiny", "D-UNet, width 8", 0,
                                                         partial(DUNet, base_width=8)))
+    monkeypatch.setattr(options, "MODELS", (*options.MODELS, "dunet-tiny"))
     return "dunet-tiny"
 
 

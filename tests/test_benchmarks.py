@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each runs a script end to end
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

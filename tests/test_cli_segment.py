@@ -16,6 +16,7 @@ def run(capsys, *args):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_segment_real_t1_end_to_end(shared_data, random_checkpoint, tmp_path, capsys):
     code, out, err = run(capsys, shared_data / "ch2.nii.gz", "-o", tmp_path,
                          "--weights", random_checkpoint, "--device", "cpu", "--save-prob")
@@ -101,6 +102,7 @@ def test_console_script_prints_no_traceback(tmp_path, random_checkpoint):
     assert "Traceback" not in proc.stderr and "no such file" in proc.stderr
 
 
+@pytest.mark.slow
 def test_segment_a_bids_folder(tmp_path, random_checkpoint, capsys):
     from conftest import make_head
 
@@ -127,6 +129,7 @@ def test_threshold_out_of_range(small_nifti, random_checkpoint, tmp_path, capsys
     assert code == 2 and "--threshold" in err
 
 
+@pytest.mark.slow
 def test_precision_option_reaches_the_network(small_nifti, random_checkpoint, tmp_path, capsys):
     probs = {}
     for precision in ("fp32", "bf16", "mixed"):

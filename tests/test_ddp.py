@@ -6,9 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from napari_dunet.checkpoint import load_checkpoint
 from napari_dunet.training.state import read_state, state_path
 from test_training_cli import write_dataset
+
+pytestmark = pytest.mark.slow  # two processes train end to end
 
 
 def test_torchrun_two_processes_write_one_checkpoint(tmp_path):

@@ -35,6 +35,7 @@ def test_default_weights_ship_in_half_precision_with_their_card():
     assert "dunet evaluate" in card and "ATLAS" in card
 
 
+@pytest.mark.slow
 def test_default_weights_find_the_lesion_of_the_bundled_sample(tmp_path, capsys):
     """`dunet segment` without --weights on the napari sample scan (a held-out lesion shape)."""
     assert main(["segment", str(SAMPLE_IMAGE), "-o", str(tmp_path), "--device", "cpu"]) == 0
@@ -44,6 +45,7 @@ def test_default_weights_find_the_lesion_of_the_bundled_sample(tmp_path, capsys)
     assert dice(counts) >= 0.7, counts
 
 
+@pytest.mark.slow
 def test_quick_demo_with_the_default_weights(tmp_path):
     pytest.importorskip("nilearn")
     stdout = io.StringIO()

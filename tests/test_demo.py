@@ -12,7 +12,8 @@ import pytest
 
 from napari_dunet.cli import main
 from napari_dunet.commands import demo
-from napari_dunet.figures import axial_slices, save_overlay_png, to_ras
+from napari_dunet.figures import axial_slices, save_overlay_png
+from napari_dunet.geometry import to_ras
 from napari_dunet.io import Volume, load_mask, load_volume
 
 

@@ -62,7 +62,7 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
 
     widget.start()
     assert not widget._start.enabled and widget._stop.enabled
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=TIMEOUT_MS)
 
     out = tmp_path / "tuned.safetensors"
     assert widget._progress.value == widget._progress.max == 4
@@ -92,9 +92,9 @@ def test_stop_keeps_the_last_completed_epoch(make_napari_viewer, qtbot, tmp_path
     add_case(viewer, 0)
     widget = make_widget(viewer, tmp_path, epochs=200)
     widget.start()
-    worker = widget._worker
+    worker = widget._runner.worker
     worker.yielded.connect(lambda e: widget.stop() if isinstance(e, EpochMetrics) else None)
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=TIMEOUT_MS)
     assert "Stopped during epoch" in widget._status.value
     out = tmp_path / "tuned.safetensors"
     assert model_store.current_checkpoint() == out
@@ -110,7 +110,7 @@ def test_stop_before_any_epoch_leaves_the_model_alone(make_napari_viewer, qtbot,
     widget = make_widget(viewer, tmp_path, epochs=5)
     widget.start()
     widget.stop()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=TIMEOUT_MS)
     assert model_store.current_checkpoint() == tiny_checkpoint
     assert not (tmp_path / "tuned.safetensors").exists()
 
@@ -125,7 +125,7 @@ def test_mismatched_mask_is_refused_with_a_message(make_napari_viewer, qtbot, tm
     errors = []
     widget._on_error = errors.append
     widget.start()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=TIMEOUT_MS)
     assert len(errors) == 1 and "shape" in str(errors[0])
     assert model_store.current_checkpoint() == tiny_checkpoint
 
@@ -136,7 +136,7 @@ def test_too_few_pairs_for_validation_do_not_start(make_napari_viewer, tmp_path,
     widget = make_widget(viewer, tmp_path, epochs=1)
     widget._val.value = 1
     widget.start()
-    assert widget._worker is None and widget._start.enabled
+    assert widget._runner.worker is None and widget._start.enabled
 
 
 def test_folder_pairs_are_listed(make_napari_viewer, tmp_path):

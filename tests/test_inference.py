@@ -8,6 +8,7 @@ from napari_dunet.checkpoint import load_checkpoint
 from napari_dunet.errors import Cancelled, DunetError
 from napari_dunet.inference import predict_volume, resolve_device
 from napari_dunet.io import load_volume
+from napari_dunet.options import SegmentOptions
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def model(random_checkpoint):
 def test_probabilities_on_the_native_grid(small_nifti, model):
     volume = load_volume(small_nifti[0])
     calls = []
-    prob = predict_volume(volume, model, device="cpu", batch_size=5,
+    prob = predict_volume(volume, model, SegmentOptions(device="cpu", batch_size=5),
                           progress=lambda done, total: calls.append((done, total)))
     assert prob.shape == volume.data.shape and prob.dtype == np.float32
     assert 0 <= prob.min() and prob.max() <= 1 and prob.std() > 0
@@ -27,8 +28,8 @@ def test_probabilities_on_the_native_grid(small_nifti, model):
 
 def test_slice_range_leaves_other_slices_empty(small_nifti, model):
     volume = load_volume(small_nifti[0])
-    full = predict_volume(volume, model, device="cpu")
-    part = predict_volume(volume, model, device="cpu", slice_range=(4, 6))
+    full = predict_volume(volume, model, SegmentOptions(device="cpu"))
+    part = predict_volume(volume, model, SegmentOptions(device="cpu", slice_range=(4, 6)))
     assert part[:, :, :4].max() == 0 and part[:, :, 6:].max() == 0
     np.testing.assert_allclose(part[:, :, 4:6], full[:, :, 4:6], atol=1e-5)
 
@@ -37,14 +38,15 @@ def test_cancel_stops_the_run(small_nifti, model):
     volume = load_volume(small_nifti[0])
     seen = []
     with pytest.raises(Cancelled):
-        predict_volume(volume, model, device="cpu", batch_size=2,
+        predict_volume(volume, model, SegmentOptions(device="cpu", batch_size=2),
                        progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) >= 1)
     assert seen == [2]
 
 
 def test_bad_slice_range(small_nifti, model):
     with pytest.raises(DunetError, match="slice range"):
-        predict_volume(load_volume(small_nifti[0]), model, device="cpu", slice_range=(5, 40))
+        predict_volume(load_volume(small_nifti[0]), model,
+                       SegmentOptions(device="cpu", slice_range=(5, 40)))
 
 
 def test_devices():

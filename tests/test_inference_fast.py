@@ -18,6 +18,7 @@ from napari_dunet.inference import predict_slices, predict_volume, prefetch, res
 from napari_dunet.io import Volume
 from napari_dunet.metrics import confusion, dice
 from napari_dunet.models import build_model
+from napari_dunet.options import SegmentOptions
 
 from conftest import make_head
 
@@ -97,13 +98,13 @@ def test_fold_counts_every_conv_batchnorm_pair():
 
 def test_optimised_masks_equal_the_plain_ones_and_skip_empty_stacks(model):
     volume = head_volume("PIR")  # axial axis in the middle and flipped
-    plain = predict_volume(volume, model, device="cpu", optimize=False)
+    plain = predict_volume(volume, model, SegmentOptions(device="cpu", optimize=False))
     seen = []
     hook = prepare_model(model, "cpu").register_forward_pre_hook(
         lambda _, args: seen.append(len(args[0])))
     calls = []
     try:
-        fast = predict_volume(volume, model, device="cpu", batch_size=4,
+        fast = predict_volume(volume, model, SegmentOptions(device="cpu", batch_size=4),
                               progress=lambda done, total: calls.append((done, total)))
     finally:
         hook.remove()
@@ -120,9 +121,10 @@ def test_optimised_masks_equal_the_plain_ones_and_skip_empty_stacks(model):
 @pytest.mark.parametrize("codes", ["LPI", "PIR"])
 def test_slice_range_reads_and_writes_only_its_slices(model, codes):
     volume = head_volume(codes)
-    full = predict_volume(volume, model, device="cpu", slice_range=(3, 7))
-    part = predict_volume(volume, model, device="cpu", slice_range=(4, 6))
-    plain = predict_volume(volume, model, device="cpu", slice_range=(4, 6), optimize=False)
+    full = predict_volume(volume, model, SegmentOptions(device="cpu", slice_range=(3, 7)))
+    part = predict_volume(volume, model, SegmentOptions(device="cpu", slice_range=(4, 6)))
+    plain = predict_volume(volume, model,
+                           SegmentOptions(device="cpu", slice_range=(4, 6), optimize=False))
     np.testing.assert_allclose(part, plain, atol=1e-4)
     np.testing.assert_array_equal(part == 0, plain == 0)  # the same voxels are left empty
     # the stacks of slices 4-5 read slices 2..6, so a larger range gives the same maps there
@@ -134,20 +136,21 @@ def test_cancel_and_progress_with_skipped_stacks(model):
     volume = head_volume("RAS")
     seen = []
     with pytest.raises(Cancelled):
-        predict_volume(volume, model, device="cpu", batch_size=2,
+        predict_volume(volume, model, SegmentOptions(device="cpu", batch_size=2),
                        progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) >= 2)
     assert seen == [3, 5]  # the empty stacks, then one batch of two
 
 
 def test_bf16_runs_close_to_fp32(model):
     volume = head_volume("RAS")
-    fp32 = predict_volume(volume, model, device="cpu", slice_range=(4, 6))
-    bf16 = predict_volume(volume, model, device="cpu", slice_range=(4, 6), precision="bf16")
+    fp32 = predict_volume(volume, model, SegmentOptions(device="cpu", slice_range=(4, 6)))
+    bf16 = predict_volume(volume, model,
+                          SegmentOptions(device="cpu", slice_range=(4, 6), precision="bf16"))
     assert bf16.dtype == np.float32
     # bf16 rounds every layer's inputs (the output layer stays fp32): close, not equal
     assert np.abs(bf16 - fp32).max() < 0.01 and agreement(fp32, bf16) > 0.99
     with pytest.raises(DunetError, match="precision"):
-        predict_volume(volume, model, device="cpu", precision="fp8")
+        predict_volume(volume, model, SegmentOptions(device="cpu", precision="fp8"))
 
 
 class Echo(nn.Module):
@@ -196,6 +199,7 @@ def test_auto_precision_is_mixed_on_bf16_cpus_for_whole_volumes(monkeypatch):
     assert resolve_precision("auto", cpu, 189) == "fp32"
 
 
+@pytest.mark.slow
 def test_mixed_precision_keeps_the_fp32_mask_of_the_bundled_weights():
     """The default CPU path on a real scan with a lesion: the bundled weights on the napari
     sample, over slices that hold the lesion's upper edge and slices above it."""
@@ -207,8 +211,8 @@ def test_mixed_precision_keeps_the_fp32_mask_of_the_bundled_weights():
     model = load_checkpoint(default_checkpoint())[0]
     volume = load_volume(SAMPLE_IMAGE)
     run = dict(device="cpu", slice_range=(56, 88), batch_size=8)  # lesion up to slice 68
-    naive = predict_volume(volume, model, precision="fp32", optimize=False, **run)
-    mixed = predict_volume(volume, model, precision="mixed", **run)
+    naive = predict_volume(volume, model, SegmentOptions(precision="fp32", optimize=False, **run))
+    mixed = predict_volume(volume, model, SegmentOptions(precision="mixed", **run))
     assert (naive >= 0.5).sum() > 100  # lesion in these slices
     np.testing.assert_array_equal(mixed >= 0.5, naive >= 0.5)
     assert 0 < np.abs(mixed - naive).max() < 0.1  # some slices ran in bf16

@@ -13,10 +13,10 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 from torch import nn
 
-from napari_dunet import model_store
+from napari_dunet import model_store, segmentation
 from napari_dunet._widgets import segment
 from napari_dunet._widgets.segment import CURRENT_SLICE, SegmentWidget
-from napari_dunet.segmentation import segment_case
+from napari_dunet.options import SegmentOptions
 
 from conftest import make_head
 
@@ -69,7 +69,7 @@ def open_with_widget(viewer, path):
 
 def run_and_wait(qtbot, widget, timeout=180_000):
     widget.run()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=timeout)
 
 
 def gate_progress(monkeypatch, gate: threading.Event):
@@ -124,7 +124,7 @@ def test_checkpoint_gives_an_aligned_editable_mask_saved_like_the_scan(
     from napari_dunet.io import load_volume
 
     core = predict_volume(load_volume(small_nifti[0]), load_checkpoint(random_checkpoint)[0],
-                          device="cpu", slice_range=(5, 7))
+                          SegmentOptions(device="cpu", slice_range=(5, 7)))
     assert np.allclose(widget._last.probability[..., 5:7], core[..., 5:7], atol=1e-5)
     assert np.array_equal(labels.data, widget._last.probability >= 0.5)
     # ready to correct
@@ -150,7 +150,8 @@ def test_mask_of_a_non_ras_scan_matches_the_command_line_result(
     [labels] = labels_layers(viewer)
     assert labels.data.any()
     out = widget.save_mask(labels, tmp_path / "mask.nii.gz")
-    expected = segment_case(path, fast_model, threshold=0.5, device="cpu").mask
+    expected = segmentation.segment(path, fast_model, {},
+                                    SegmentOptions(threshold=0.5, device="cpu")).mask
     written = nib.load(out)
     assert np.array_equal(np.asarray(written.dataobj), expected)
     assert np.array_equal(written.affine, nib.load(path).affine)
@@ -211,8 +212,8 @@ def test_closing_napari_mid_run_stops_the_run_cleanly(make_napari_viewer, qtbot,
 
     monkeypatch.setattr(widget, "_show_progress", close_napari)
     widget.run()
-    qtbot.waitUntil(lambda: widget._worker is None and not widget._alive, timeout=60_000)
-    assert widget._cancel_requested.is_set()
+    qtbot.waitUntil(lambda: widget._runner.worker is None and not widget._runner.alive, timeout=60_000)
+    assert widget._runner.stop_requested.is_set()
     assert notes == {"info": [], "warning": [], "error": []}
     assert len(model_store._listeners) == listeners - 1
 
@@ -224,7 +225,7 @@ def test_viewer_stays_responsive_during_a_run(make_napari_viewer, qtbot, fast_mo
     gate, ticks_while_running = threading.Event(), []
 
     def tick():
-        if widget._worker is not None:
+        if widget._runner.worker is not None:
             ticks_while_running.append(1)
         if len(ticks_while_running) >= 5:
             gate.set()
@@ -280,7 +281,7 @@ def test_threshold_starts_at_the_checkpoint_recommendation(make_napari_viewer, q
     asked = []  # the threshold each run predicts for (mixed precision checks the map there)
     real = inference.predict_volume
     monkeypatch.setattr(inference, "predict_volume",
-                        lambda *a, **k: asked.append(k["threshold"]) or real(*a, **k))
+                        lambda *a, **k: asked.append(a[2].threshold) or real(*a, **k))
     viewer = make_napari_viewer()
     _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz"))
     model_store.set_checkpoint(tmp_path / "tuned.safetensors", model=fast_model,
@@ -368,7 +369,7 @@ def test_bad_inputs_get_a_plain_message_and_lose_no_layer(
         widget._device.value = "cuda"
         run_and_wait(qtbot, widget)
         assert "'cuda' is not available on this computer" in notes["error"][-1]
-    assert list(viewer.layers) == layers and widget._worker is None
+    assert list(viewer.layers) == layers and widget._runner.worker is None
     assert all("Traceback" not in message for kind in notes.values() for message in kind)
 
 
@@ -378,10 +379,10 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu(make_napari_viewer, qtbot, fast
 
     real_predict = inference.predict_volume
 
-    def predict(volume, model, *, device, **kwargs):
-        if torch.device(device).type != "cpu":
+    def predict(volume, model, options, **kwargs):
+        if torch.device(options.device).type != "cpu":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_predict(volume, model, device=device, **kwargs)
+        return real_predict(volume, model, options, **kwargs)
 
     real_resolve = inference.resolve_device
     monkeypatch.setattr(inference, "resolve_device",

@@ -43,12 +43,6 @@ def default_metadata(model_name: str, **extra: Any) -> dict[str, Any]:
     return meta
 
 
-def preprocessing_scheme(metadata: dict[str, Any]) -> str:
-    """The preprocessing a checkpoint's model expects (``preprocessing.SCHEMES``); checkpoints
-    written before schemes existed expect ``legacy``."""
-    return metadata.get("preprocessing", {}).get("scheme", "legacy")
-
-
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any], *,
                     half: bool = False, overwrite: bool = True) -> Path:
     """Write ``model``'s weights and buffers with ``metadata`` (atomically).
@@ -56,7 +50,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[st
     ``half`` stores floating tensors as float16 (they are loaded back as float32).
     """
     if "model" not in metadata:
-        raise ValueError("checkpoint metadata needs a 'model' name")
+        raise CheckpointError("Checkpoint metadata needs a 'model' name.")
     tensors = {}
     for key, value in model.state_dict().items():
         value = value.detach().cpu()

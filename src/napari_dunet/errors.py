@@ -5,8 +5,9 @@ class DunetError(Exception):
     """Base class: ``str(error)`` is a complete sentence a user can act on."""
 
 
-class InputError(DunetError):
-    """An input file or array cannot be used (format, shape, values)."""
+class InputError(DunetError, ValueError):
+    """An input file, array or option value cannot be used (format, shape, values); also a
+    ``ValueError``, for callers that catch those."""
 
 
 class CheckpointError(DunetError):

@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import InputError
-from .io import Volume, as_3d, atomic_write, case_name, is_mask_name, is_nifti, load_volume
+from .io import Volume, as_3d, atomic_write, case_name, is_mask_name, load_volume, nifti_files
 from .metrics import CaseMetrics, binarize, compare_masks, global_dice, is_binary
 
 #: Per-case fields, in CSV column / JSON key order.
@@ -175,8 +175,7 @@ def find_masks(root: str | os.PathLike) -> dict[str, list[Path]]:
     images and probability maps beside them are ignored; otherwise every NIfTI file is a mask.
     """
     root = Path(root)
-    files = sorted(p for p in root.rglob("*")
-                   if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    files = nifti_files(root)
     masks = [p for p in files if is_mask_name(p)] or files
     cases: dict[str, list[Path]] = {}
     for path in masks:

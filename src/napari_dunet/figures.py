@@ -9,18 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nibabel.orientations as nio
 import numpy as np
 
+from .geometry import ras_voxel_sizes, to_ras
 from .io import Volume, atomic_write
 
 OUTLINE_COLOURS = ("#33ff33", "#ff3333", "#33ccff", "#ffcc00")
-
-
-def to_ras(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Reorder and flip axes so the array runs left->right, posterior->anterior, inferior->superior."""
-    ornt = nio.io_orientation(affine)
-    return nio.apply_orientation(np.asarray(data), ornt)
 
 
 def axial_slices(masks: list[np.ndarray], image: np.ndarray, count: int) -> list[int]:
@@ -52,9 +46,7 @@ def overlay_figure(volume: Volume, outlines: dict[str, np.ndarray] | None = None
     image = to_ras(volume.data, volume.affine).astype(np.float32)
     masks = {label: to_ras(mask, volume.affine) for label, mask in outlines.items()}
     slices = axial_slices(list(masks.values()), image, n_slices)
-    ras_zooms = np.empty(3)
-    ras_zooms[nio.io_orientation(volume.affine)[:, 0].astype(int)] = volume.voxel_size
-    sx, sy = ras_zooms[:2]
+    sx, sy = ras_voxel_sizes(volume.affine)[:2]
     lo, hi = np.percentile(image[image > image.min()] if (image > image.min()).any() else image, [0.5, 99.5])
     head = (image > lo + 0.15 * (hi - lo)).any(axis=2)
     xs, ys = np.nonzero(head) if head.any() else (np.arange(image.shape[0]), np.arange(image.shape[1]))

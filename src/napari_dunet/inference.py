@@ -7,8 +7,8 @@ Long runs report ``progress(done, total)`` and stop when ``cancel()`` returns Tr
 BatchNorm folded, channels-last) and skips the work that cannot change the result: stacks whose
 four slices are all zero (no head in them) give the model's output for an all-zero stack, which
 is computed once per call; a slice range reads and writes only the slices it needs.
-``optimize=False`` is the plain path (the caller's model, every stack), kept as the reference
-the benchmarks and tests compare with.
+``SegmentOptions(optimize=False)`` is the plain path (the caller's model, every stack), kept as
+the reference the benchmarks and tests compare with.
 
 Precision ``mixed`` (the CPU default where the CPU has bf16 instructions) runs every stack in
 bfloat16 and runs again in float32 each stack whose map has a voxel near the threshold (within
@@ -23,21 +23,24 @@ import math
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Callable, Literal, TypeVar
+from typing import Callable, Literal, TypeVar, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import Cancelled, DunetError
+from . import options as names
+from .errors import Cancelled, DunetError, InputError
 from .fast import cpu_has_native_bf16, prepare_model
 from .io import Volume
+from .options import SegmentOptions
 from .preprocessing import DEFAULT_SCHEME, STACK_OFFSETS, make_stacks, preprocess
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
 Precision = Literal["auto", "fp32", "bf16", "mixed"]
-PRECISIONS = ("auto", "fp32", "bf16", "mixed")
+PRECISIONS = get_args(Precision)
+names.agree("precision", PRECISIONS, names.PRECISIONS)
 MIXED_LOGIT_MARGIN = 0.5
 """``mixed``: how close (in logits) a bf16 voxel may come to the threshold before its stack is
 recomputed in fp32; the largest bf16 error measured within one logit of the threshold with the
@@ -101,7 +104,7 @@ def resolve_precision(precision: Precision, device: torch.device, n_stacks: int)
 
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise DunetError(f"Unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
+        raise InputError(names.check_choice("precision", precision, PRECISIONS).capitalize() + ".")
 
 
 def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
@@ -167,31 +170,30 @@ def near_threshold(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     return ((probs > low) & (probs < high)).flatten(1).any(dim=1)
 
 
-def predict_volume(volume: Volume, model: nn.Module, *, device: str | torch.device = "auto",
-                   batch_size: int = 16, slice_range: tuple[int, int] | None = None,
-                   progress: ProgressCallback | None = None,
-                   cancel: CancelCallback | None = None, optimize: bool = True,
-                   precision: Precision = "auto", threshold: float = 0.5,
-                   scheme: str = DEFAULT_SCHEME) -> np.ndarray:
+def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = SegmentOptions(),
+                   *, progress: ProgressCallback | None = None,
+                   cancel: CancelCallback | None = None) -> np.ndarray:
     """Probability map (float32, the volume's native shape and orientation) of lesion per voxel.
 
-    ``slice_range`` = ``(start, stop)`` limits the work to those axial slices (RAS+ order,
-    inferior to superior, see ``SliceGeometry.axial_index``); other slices get probability 0.
-    ``optimize`` (default) runs the inference-ready copy and skips empty stacks (module
-    docstring); ``precision``: ``resolve_precision`` (``mixed`` keeps the fp32 mask at
-    ``threshold``), then ``precision_context``; the plain path takes ``auto`` as it is.
-    ``scheme``: the preprocessing the model was trained with (``preprocessing.SCHEMES``).
+    ``options.slice_range`` = ``(start, stop)`` limits the work to those axial slices (RAS+
+    order, inferior to superior, see ``SliceGeometry.axial_index``); other slices get
+    probability 0. ``options.optimize`` (default) runs the inference-ready copy and skips empty
+    stacks (module docstring); ``options.precision``: ``resolve_precision`` (``mixed`` keeps the
+    fp32 mask at ``options.threshold``, 0.5 when None), then ``precision_context``; the plain
+    path takes ``auto`` as it is; ``options.preprocessing``: the scheme the model was trained
+    with (None: the default). Segmenting a case: ``segmentation.segment``.
     """
-    device = resolve_device(device)
-    geometry, normalized = preprocess(volume.data, volume.affine, scheme=scheme)
+    options.check()
+    device = resolve_device(options.device)
+    batch_size, precision = options.batch_size, options.precision
+    threshold = 0.5 if options.threshold is None else options.threshold
+    geometry, normalized = preprocess(volume.data, volume.affine,
+                                      scheme=options.preprocessing or DEFAULT_SCHEME)
     n, f = geometry.n_slices, geometry.z_factor
-    start, stop = slice_range or (0, n)
+    start, stop = options.slice_range or (0, n)
     if not 0 <= start < stop <= n:
         raise DunetError(f"slice range {start}..{stop} is outside 0..{n}.")
-    check_precision(precision)
-    if not 0.0 < threshold < 1.0:
-        raise DunetError(f"the threshold must be between 0 and 1, got {threshold}.")
-    if not optimize:
+    if not options.optimize:
         slices = geometry.forward(normalized)
         model = model.to(device).eval()
         probs = predict_slices(model, make_stacks(slices, range(start * f, stop * f)), device,

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import InputError, OutputExistsError
+from .geometry import voxel_sizes
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -36,7 +37,7 @@ class Volume:
     @property
     def voxel_size(self) -> tuple[float, float, float]:
         """Voxel edge lengths in mm, from the affine."""
-        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+        return voxel_sizes(self.affine)
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -45,6 +46,12 @@ class Volume:
 
 def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """The NIfTI files in ``folder`` (and its subfolders), sorted, hidden files left out."""
+    found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(p for p in found if p.is_file() and is_nifti(p) and not p.name.startswith("."))
 
 
 def strip_nifti_suffix(path: str | os.PathLike) -> str:
@@ -208,8 +215,7 @@ def find_cases(root: str | os.PathLike) -> list[Case]:
         return [Case(case_name(root), root, [])]
     if not root.is_dir():
         raise InputError(f"{root}: no such file or folder.")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p)
-                   and not p.name.startswith("."))
+    files = nifti_files(root)
     images = [p for p in files if not is_mask_name(p)]
     masks = [p for p in files if is_mask_name(p)]
     cases = []

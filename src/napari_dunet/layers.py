@@ -23,19 +23,17 @@ import nibabel as nib
 import nibabel.orientations as nio
 import numpy as np
 
+from .errors import InputError
+from .geometry import ras_ornt, voxel_sizes
 from .io import Volume, is_mask_name, strip_nifti_suffix
 
-RAS = nio.axcodes2ornt("RAS")
 NIFTI_KEYS = ("affine", "header", "path", "native_shape", "to_display")
 LABEL_COLORS = {0: "transparent", 1: "#ff4040", None: "#ffd000"}  # lesion red, other labels amber
 
 
 def to_display_ornt(affine: np.ndarray) -> np.ndarray:
     """nibabel orientation transform from the file's voxel axes to the closest RAS+ axes."""
-    ornt = nio.io_orientation(affine)
-    if np.isnan(ornt).any():  # degenerate affine: keep the voxel order
-        return RAS.copy()
-    return nio.ornt_transform(ornt, RAS)
+    return ras_ornt(affine)
 
 
 def invert_ornt(transform: np.ndarray) -> np.ndarray:
@@ -76,7 +74,7 @@ def oblique_degrees(affine: np.ndarray) -> float:
 def placement(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """``scale``/``translate`` (mm) of the displayed array; the world is RAS+ mm."""
     affine = display_affine(metadata)
-    return {"scale": tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)),
+    return {"scale": voxel_sizes(affine),
             "translate": tuple(float(v) for v in affine[:3, 3]),
             "units": ("mm", "mm", "mm")}
 
@@ -153,7 +151,7 @@ def native_volume(data: np.ndarray, metadata: Mapping[str, Any] | None,
     native = np.ascontiguousarray(nio.apply_orientation(np.asarray(data),
                                                         invert_ornt(metadata["to_display"])))
     if native.shape != tuple(metadata["native_shape"]):
-        raise ValueError(f"layer shape {np.shape(data)} does not match its source grid "
+        raise InputError(f"layer shape {np.shape(data)} does not match its source grid "
                          f"{tuple(metadata['native_shape'])}")
     return Volume(native, metadata["affine"].copy(), metadata["header"].copy(),
                   Path(metadata["path"]) if metadata.get("path") else None)

@@ -1,4 +1,5 @@
-"""Loss functions of the paper (SPEC.md, "Loss"), for probabilities ``p`` and binary targets ``g``.
+"""Loss functions of the paper (eqs. 3-5; docs/architecture.md, "Loss"), for probabilities ``p``
+and binary targets ``g``.
 
 Inputs are tensors of the same shape, a single map ``(H, W)`` or a batch ``(B, 1, H, W)``; the
 sums and means run over every element of the batch. ``p`` may be exactly 0 or 1: the focal term
@@ -11,6 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+from . import options
+from .errors import InputError
 
 EPS = 1e-7
 ALPHA = 0.48  # the authors' code (the paper's text swaps alpha and gamma)
@@ -52,6 +56,7 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "focal": focal_loss,
     "dice": dice_loss,
 }
+options.agree("loss", LOSSES, options.LOSSES)
 
 
 def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -59,4 +64,4 @@ def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     try:
         return LOSSES[name.lower()]
     except KeyError:
-        raise ValueError(f"Unknown loss {name!r}; choose one of: {', '.join(LOSSES)}.") from None
+        raise InputError(f"Unknown loss {name!r}; choose one of: {', '.join(LOSSES)}.") from None

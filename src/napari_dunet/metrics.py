@@ -1,6 +1,6 @@
 """Segmentation metrics for binary lesion masks (numpy/scipy only, no Qt, no torch).
 
-Conventions (see SPEC "Metrics conventions"):
+Conventions (docs/evaluation.md, "What is measured"):
 
 - Masks are binarised at 0.5 (``value >= 0.5`` is lesion), like the model's output threshold.
 - Overlap: DSC = 2TP/(2TP+FP+FN), precision = TP/(TP+FP), recall = TP/(TP+FN). A zero

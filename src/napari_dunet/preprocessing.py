@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .geometry import RAS, ras_ornt, voxel_sizes
+from .options import DEFAULT_PREPROCESSING, PREPROCESSING
 from .tissue import head_mask
 
 INPUT_SIZE = 192
@@ -41,9 +43,8 @@ ATLAS_BOX = (10, 190, 40, 220)  # x0, x1, y0, y1
 PIXEL_MM = 180.0 / INPUT_SIZE
 THICK_SLICE_MM = 1.5  # thicker slices are split into ~1 mm ones
 STACK_OFFSETS = (-2, -1, 0, 1)
-CANONICAL = nio.axcodes2ornt("RAS")
-SCHEMES = ("physical", "legacy")
-DEFAULT_SCHEME = "physical"
+CANONICAL = RAS
+SCHEMES, DEFAULT_SCHEME = PREPROCESSING, DEFAULT_PREPROCESSING
 
 
 def check_scheme(scheme: str) -> str:
@@ -101,10 +102,10 @@ class SliceGeometry:
         """
         check_scheme(scheme)
         shape = tuple(int(s) for s in shape[:3])
-        native_ornt = nio.io_orientation(affine)
+        native_ornt = ras_ornt(affine)
         ras_axes = native_ornt[:, 0].astype(int)  # native axis k becomes RAS axis ras_axes[k]
         ras_shape, zooms = [0, 0, 0], [0.0, 0.0, 0.0]
-        native_zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+        native_zooms = voxel_sizes(affine)
         for k in range(3):
             ras_shape[ras_axes[k]] = shape[k]
             zooms[ras_axes[k]] = float(native_zooms[k])

@@ -1,26 +1,40 @@
-"""One case end to end: read a T1 NIfTI, predict, threshold, write aligned mask (and map)."""
+"""Segmenting a case, the one path that ``dunet segment``, ``dunet demo``, the "Segment lesion"
+panel and the benchmarks share: predict, threshold, and (``write_outputs``) save aligned files.
+
+``segment`` takes the checkpoint's threshold unless the options give one, runs the whole volume
+or a slice range with progress and cancel, and runs on the CPU, with a note, when the GPU runs
+out of memory even one stack at a time. Nothing here knows about Qt.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .inference import CancelCallback, Precision, ProgressCallback, predict_volume
-from .preprocessing import DEFAULT_SCHEME
+from . import inference
+from .inference import CancelCallback, ProgressCallback
 from .io import Volume, load_volume, save_mask, save_volume, strip_nifti_suffix
+from .options import SegmentOptions
+from .preprocessing import DEFAULT_SCHEME
 
 
 @dataclass
 class SegmentationResult:
     volume: Volume
-    probability: np.ndarray
-    mask: np.ndarray
+    probability: np.ndarray  # float32, the volume's native grid
+    mask: np.ndarray  # uint8, probability >= threshold
+    threshold: float  # the one used: the options', else the checkpoint's
     lesion_ml: float
+    slice_range: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)  # for the user (e.g. the CPU fallback)
     mask_path: Path | None = None
     prob_path: Path | None = None
 
@@ -34,28 +48,71 @@ def lesion_volume_ml(mask: np.ndarray, volume: Volume) -> float:
     return float(np.count_nonzero(mask)) * volume.voxel_volume_ml
 
 
-def segment_case(image: str | os.PathLike | Volume, model: nn.Module,
-                 output_dir: str | os.PathLike | None = None, *, threshold: float = 0.5,
-                 device: str | torch.device = "auto", batch_size: int = 16,
-                 save_prob: bool = False, overwrite: bool = False, name: str | None = None,
-                 progress: ProgressCallback | None = None,
-                 cancel: CancelCallback | None = None,
-                 precision: Precision = "auto", scheme: str = DEFAULT_SCHEME) -> SegmentationResult:
-    """Segment one volume; with ``output_dir`` write ``<name>_mask.nii.gz`` (and ``_prob``).
+def checkpoint_threshold(metadata: Mapping[str, Any]) -> float:
+    """The threshold a checkpoint recommends (0.5 when its metadata has none)."""
+    return float(metadata.get("threshold", 0.5))
 
-    ``precision``, ``scheme``: see ``inference.predict_volume``.
+
+def checkpoint_preprocessing(metadata: Mapping[str, Any] | None) -> str:
+    """The preprocessing scheme a checkpoint's model expects: the one it records; ``legacy``
+    for checkpoints written before schemes existed; the default for a model without one."""
+    if metadata is None:
+        return DEFAULT_SCHEME
+    return metadata.get("preprocessing", {}).get("scheme", "legacy")
+
+
+def segment(image: str | os.PathLike | Volume, model: nn.Module,
+            metadata: Mapping[str, Any] | None = None,
+            options: SegmentOptions = SegmentOptions(), *,
+            progress: ProgressCallback | None = None,
+            cancel: CancelCallback | None = None) -> SegmentationResult:
+    """Segment one volume with ``model`` (its checkpoint ``metadata`` gives the threshold and
+    the preprocessing, unless the options name them).
+
+    Raises ``Cancelled`` when ``cancel()`` returns True, ``DunetError`` for unusable inputs.
     """
     volume = image if isinstance(image, Volume) else load_volume(image)
-    prob = predict_volume(volume, model, device=device, batch_size=batch_size,
-                          progress=progress, cancel=cancel, precision=precision,
-                          threshold=threshold, scheme=scheme)
-    mask = threshold_mask(prob, threshold)
-    result = SegmentationResult(volume, prob, mask, lesion_volume_ml(mask, volume))
-    if output_dir is not None:
-        name = name or strip_nifti_suffix(volume.path or "volume")
-        out = Path(output_dir)
-        result.mask_path = save_mask(mask, volume, out / f"{name}_mask.nii.gz", overwrite=overwrite)
-        if save_prob:
-            result.prob_path = save_volume(prob, volume, out / f"{name}_prob.nii.gz",
-                                           dtype=np.float32, overwrite=overwrite)
+    options.check()
+    threshold = (checkpoint_threshold(metadata or {}) if options.threshold is None
+                 else options.threshold)
+    device = inference.resolve_device(options.device)
+    scheme = options.preprocessing or checkpoint_preprocessing(metadata)
+    run = dataclasses.replace(options, device=str(device), threshold=threshold,
+                              preprocessing=scheme)
+    notes = []
+    while True:
+        try:
+            probability = inference.predict_volume(volume, model, run, progress=progress,
+                                                   cancel=cancel)
+            break
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if run.device == "cpu" or "out of memory" not in str(exc).lower():
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            notes.append(f"The {device.type.upper()} device ran out of memory, so this run used "
+                         "the CPU instead (slower).")
+            run = dataclasses.replace(run, device="cpu")
+    mask = threshold_mask(probability, threshold)
+    return SegmentationResult(volume, probability, mask, threshold,
+                              lesion_volume_ml(mask, volume), options.slice_range, notes)
+
+
+def output_paths(output_dir: str | os.PathLike, name: str, save_prob: bool = False
+                 ) -> tuple[Path, Path | None]:
+    """Where ``write_outputs`` puts ``<name>_mask.nii.gz`` (and ``<name>_prob.nii.gz``)."""
+    out = Path(output_dir)
+    return out / f"{name}_mask.nii.gz", (out / f"{name}_prob.nii.gz" if save_prob else None)
+
+
+def write_outputs(result: SegmentationResult, output_dir: str | os.PathLike,
+                  name: str | None = None, *, save_prob: bool = False,
+                  overwrite: bool = False) -> SegmentationResult:
+    """Write the mask (and probability map) aligned with the scan; sets the result's paths."""
+    name = name or strip_nifti_suffix(result.volume.path or "volume")
+    mask_path, prob_path = output_paths(output_dir, name, save_prob)
+    result.mask_path = save_mask(result.mask, result.volume, mask_path, overwrite=overwrite)
+    if prob_path is not None:
+        result.prob_path = save_volume(result.probability, result.volume, prob_path,
+                                       dtype=np.float32, overwrite=overwrite)
     return result

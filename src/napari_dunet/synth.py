@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import DunetError, InputError
-from .io import Volume, atomic_write, is_nifti, load_volume, save_mask, save_volume
+from .io import Volume, atomic_write, load_volume, nifti_files, save_mask, save_volume
 from .tissue import largest_component, otsu_threshold
 
 MNI_SPACE = "MNI152NLin2009aSym"
@@ -436,7 +436,7 @@ def lesion_files(paths: list[str | os.PathLike]) -> list[Path]:
     found = []
     for item in map(Path, paths):
         if item.is_dir():
-            found.extend(sorted(p for p in item.iterdir() if is_nifti(p) and not p.name.startswith(".")))
+            found.extend(nifti_files(item, recursive=False))
         elif item.is_file():
             found.append(item)
         else:

@@ -119,7 +119,7 @@ class EvaluateWidget(Container):
             raise InputError(f"Choose the {role}: a Labels layer or {FROM_FILE}.")
         try:
             volume = native_volume(choice.data, choice.metadata, same_grid_kwargs(choice))
-        except ValueError as exc:
+        except InputError as exc:
             raise InputError(f"{role} layer {choice.name!r}: {exc}.") from exc
         path = choice.metadata.get("path") if choice.metadata else None
         return (volume.data, volume.affine, f"{role} layer {choice.name!r}",

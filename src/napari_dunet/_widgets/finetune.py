@@ -10,7 +10,6 @@ of "Segment lesion" (``model_store.set_checkpoint``). torch is imported only in 
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,17 +19,16 @@ import napari
 import numpy as np
 from magicgui.widgets import (ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar,
                               PushButton, Select, SpinBox)
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import model_store
 from ..errors import DunetError, InputError
 from ..io import Case, Volume
 from ..layers import layer_volume, same_grid_kwargs
+from ..options import DEVICES, LOSSES
 from ..training.config import TrainConfig
+from .runner import JobRunner, failure
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-LOSSES = ("eml", "focal", "dice")
 MODEL_FOLDER = Path.home() / "napari-dunet" / "models"
 
 
@@ -129,8 +127,7 @@ class FinetuneWidget(Container):
         #: extra ``TrainConfig`` fields (e.g. ``batch_size``, ``input_size``) for scripting
         self.config_overrides: dict[str, Any] = {}
         self._sources: dict[str, Any] = {}  # list entry -> (image, labels) layers or io.Case
-        self._stop_requested = threading.Event()
-        self._worker: Any = None
+        self._runner = JobRunner(self, self._set_running)
         self._job: FinetuneJob | None = None
         self._saved = False
 
@@ -141,8 +138,6 @@ class FinetuneWidget(Container):
         self._stop.changed.connect(self.stop)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._layers_changed)
-        stop_requested = self._stop_requested  # the widget's attributes are gone on destroy
-        self.native.destroyed.connect(lambda *_: stop_requested.set())
 
     # -- choosing pairs --------------------------------------------------------------------
     def _choices(self, kind: type) -> Any:
@@ -231,7 +226,7 @@ class FinetuneWidget(Container):
     # -- running ---------------------------------------------------------------------------
     def start(self) -> None:
         """Start fine-tuning in a worker thread (inputs are checked first)."""
-        if self._worker is not None:
+        if self._runner.worker is not None:
             return
         try:
             job = self._collect()
@@ -241,25 +236,19 @@ class FinetuneWidget(Container):
         for note in job.notes:
             show_info(note)
         self._job, self._saved = job, False
-        self._stop_requested.clear()
         self._plot.clear(validation=job.val_pairs > 0)
-        self._set_running(True)
+        self._runner.start(finetune_events, job, yielded=self._on_event,
+                           returned=self._on_finished, aborted=lambda: self._on_finished(None),
+                           errored=self._on_error)
         self._status.value = "preparing the training pairs"
-        self._worker = create_worker(
-            finetune_events, job, cancel=self._stop_requested.is_set,
-            _connect={"yielded": self._on_event, "returned": self._on_finished,
-                      "aborted": lambda: self._on_finished(None), "errored": self._on_error,
-                      "finished": lambda: self._set_running(False)})
 
     def stop(self) -> None:
         """Stop after the current step; the last completed epoch's model is kept."""
-        self._stop_requested.set()
+        self._runner.stop()
         self._stop.enabled = False
         self._status.value = "stopping after this step"
 
     def _set_running(self, running: bool) -> None:
-        if not running:
-            self._worker = None
         self._start.enabled = not running
         self._stop.enabled = running
         if running:
@@ -296,14 +285,10 @@ class FinetuneWidget(Container):
             show_info(message)
 
     def _on_error(self, exc: Exception) -> None:
-        if isinstance(exc, DunetError):
-            text = str(exc)
-        elif isinstance(exc, MemoryError):
-            text = "Not enough memory to fine-tune; lower the batch size or use fewer pairs."
-        else:
-            text = f"Fine-tuning failed: {type(exc).__name__}: {exc}"
-        self._status.value = "failed"
-        show_error(text)
+        kind, text = failure(exc, "Fine-tuning", "Not enough memory to fine-tune; lower the "
+                             "batch size or use fewer pairs.", "Fine-tuning stopped.")
+        self._status.value = "failed" if kind == "error" else text
+        (show_info if kind == "info" else show_error)(text)
 
 
 def default_output() -> Path:

@@ -9,9 +9,7 @@ torch is imported only in the worker, when a run starts.
 
 from __future__ import annotations
 
-import logging
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,17 +17,16 @@ import napari
 import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label,
                               ProgressBar, PushButton, RadioButtons)
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import ensure_main_thread
 
 from .. import model_store
-from ..errors import Cancelled, DunetError, InputError
+from ..errors import DunetError, InputError
 from ..io import Volume, strip_nifti_suffix
 from ..layers import LABEL_COLORS, has_nifti_metadata, layer_volume, same_grid_kwargs
+from ..options import DEVICES, SegmentOptions
+from .runner import JobRunner, failure
 
-logger = logging.getLogger(__name__)
-DEVICES = ("auto", "cpu", "cuda", "mps")
 WHOLE, CURRENT_SLICE = "whole volume", "current slice"
 BRUSH_MM = 5.0
 ROLE = "dunet_role"  # metadata key marking the layers this widget made
@@ -40,66 +37,41 @@ class SegmentJob:
     """What a run needs, collected in the GUI thread (no napari objects)."""
 
     volume: Volume
-    device: str = "auto"
+    options: SegmentOptions  # threshold None: the checkpoint's (a new checkpoint)
     point: tuple[int, ...] | None = None  # voxel of the current position: segment its axial slice
     sliced_axes: tuple[int, ...] = ()  # array axes the viewer is slicing along (2D view)
-    threshold: float | None = None  # the slider's, where it applies; None: the checkpoint's
-    batch_size: int = 16
 
 
-@dataclass
-class SegmentOutcome:
-    probability: np.ndarray
-    slice_range: tuple[int, int] | None
-    checkpoint: Path | None = None
-    threshold: float = 0.5  # the checkpoint's recommended threshold
-    notes: list[str] = field(default_factory=list)
+def segment_job(job: SegmentJob, progress: Callable[[int, int], None] | None = None,
+                cancel: Callable[[], bool] | None = None) -> tuple[Path | None, Any]:
+    """``(checkpoint, segmentation.SegmentationResult)`` of the current checkpoint on
+    ``job.volume`` (Qt-free; runs in the worker thread)."""
+    import dataclasses
 
-
-def segment_volume(job: SegmentJob, progress: Callable[[int, int], None] | None = None,
-                   cancel: Callable[[], bool] | None = None) -> SegmentOutcome:
-    """Run the current checkpoint on ``job.volume`` (Qt-free; runs in the worker thread).
-
-    A GPU that runs out of memory even one slice at a time is left for the CPU, with a note.
-    """
-    import torch
-
-    from ..checkpoint import preprocessing_scheme
-    from ..inference import predict_volume, resolve_device
+    from ..inference import resolve_device
     from ..preprocessing import SliceGeometry
+    from ..segmentation import segment
 
     try:
-        device = resolve_device(job.device)
+        device = resolve_device(job.options.device)
     except DunetError:
-        raise DunetError(f"The device {job.device!r} is not available on this computer; "
+        raise DunetError(f"The device {job.options.device!r} is not available on this computer; "
                          "choose 'auto' or 'cpu'.") from None
     checkpoint = model_store.current_checkpoint()
     model, metadata = model_store.load_model(device)
-    notes, slice_range = [], None
+    options, notes = job.options, []
     if job.point is not None:
         geometry = SliceGeometry.for_volume(job.volume.data.shape, job.volume.affine)
         first = geometry.axial_slice_at(job.point)
-        slice_range = (first, first + 1)
+        options = dataclasses.replace(options, slice_range=(first, first + 1))
         axis = geometry.axial_axis
         if job.sliced_axes and axis not in job.sliced_axes:
             notes.append(f"The view does not show axial slices: segmented the axial slice through "
                          f"the current point (axis {axis}). Use 'whole volume', or slice along "
                          "that axis, to see more.")
-    threshold = float(metadata.get("threshold", 0.5)) if job.threshold is None else job.threshold
-    run = dict(batch_size=job.batch_size, slice_range=slice_range, threshold=threshold,
-               progress=progress, cancel=cancel, scheme=preprocessing_scheme(metadata))
-    try:
-        probability = predict_volume(job.volume, model, device=device, **run)
-    except (torch.OutOfMemoryError, RuntimeError) as exc:
-        if device.type == "cpu" or "out of memory" not in str(exc).lower():
-            raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        notes.append(f"The {device.type.upper()} device ran out of memory, so this run used the "
-                     "CPU instead (slower).")
-        probability = predict_volume(job.volume, model, device="cpu", **run)
-    return SegmentOutcome(probability, slice_range, checkpoint,
-                          float(metadata.get("threshold", 0.5)), notes)
+    result = segment(job.volume, model, metadata, options, progress=progress, cancel=cancel)
+    result.notes[:0] = notes
+    return checkpoint, result
 
 
 @dataclass
@@ -155,11 +127,9 @@ class SegmentWidget(Container):
 
         self._last: _Result | None = None
         self._running: tuple[Any, SegmentJob] | None = None  # (image layer, job) of the run
-        self._cancel_requested = threading.Event()
-        self._worker = None
+        self._runner = JobRunner(self, self._set_running)
         self._axial_view_set = False
         self._threshold_from: Path | None = None  # checkpoint whose threshold the slider took
-        self._alive = True
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -200,9 +170,7 @@ class SegmentWidget(Container):
             self._weights.value = path or model_store.current_checkpoint() or ""
 
     def _closed(self, *_: Any) -> None:
-        """The panel was closed: stop a run and stop listening to the viewer."""
-        self._alive = False
-        self._cancel_requested.set()
+        """The panel was closed (the runner stops a run): stop listening to the viewer."""
         self._unsubscribe()
         for event in self._layer_events:
             event.disconnect(self._layers_changed)
@@ -231,12 +199,13 @@ class SegmentWidget(Container):
         # the threshold the result will be shown at (a new checkpoint brings its own)
         threshold = (float(self._threshold.value)
                      if model_store.current_checkpoint() == self._threshold_from else None)
-        return SegmentJob(volume, self._device.value, point, sliced, threshold)
+        return SegmentJob(volume, SegmentOptions(device=self._device.value, threshold=threshold),
+                          point, sliced)
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> None:
         """Start a segmentation in a worker thread (inputs are checked first)."""
-        if self._worker is not None:
+        if self._runner.worker is not None:
             return
         try:
             job = self._job()
@@ -244,68 +213,49 @@ class SegmentWidget(Container):
             show_warning(str(exc))
             return
         self._running = (self._image.value, job)
-        self._cancel_requested.clear()
-        self._set_running(True)
-        self._worker = create_worker(
-            segment_volume, job, progress=ensure_main_thread(self._show_progress),
-            cancel=self._cancel_requested.is_set,
-            _connect={"returned": self._finished_run, "errored": self._failed,
-                      "finished": lambda: self._set_running(False)})
+        self._runner.start(segment_job, job, progress=ensure_main_thread(self._show_progress),
+                           returned=self._finished_run, errored=self._failed)
 
     def cancel(self) -> None:
         """Ask the running segmentation to stop; no layer is added."""
-        self._cancel_requested.set()
+        self._runner.stop()
         self._cancel.enabled = False
 
     def _set_running(self, running: bool) -> None:
-        if not running:
-            self._worker = None
-        if not self._alive:
-            return
         self._run.enabled = not running
         self._cancel.enabled = running
         self._progress.visible = running
         self._progress.value = 0
 
     def _show_progress(self, done: int, total: int) -> None:
-        if not self._alive:
+        if not self._runner.alive:
             return
         self._progress.max = max(total, 1)
         self._progress.value = done
 
     def _failed(self, exc: Exception) -> None:
-        if not self._alive:
-            return
-        if isinstance(exc, Cancelled):
-            show_info("Segmentation cancelled; no layer was added.")
-        elif isinstance(exc, DunetError):
-            show_error(str(exc))
-        elif isinstance(exc, MemoryError):
-            show_error("Not enough memory to segment this volume.")
-        else:
-            logger.error("Segmentation failed", exc_info=exc)
-            show_error(f"Segmentation failed: {type(exc).__name__}: {exc}")
+        kind, text = failure(exc, "Segmentation", "Not enough memory to segment this volume.",
+                             "Segmentation cancelled; no layer was added.")
+        (show_info if kind == "info" else show_error)(text)
 
-    def _finished_run(self, outcome: SegmentOutcome) -> None:
-        image, job = self._running
-        if not self._alive:
-            return
+    def _finished_run(self, outcome: tuple[Path | None, Any]) -> None:
+        (image, job), (checkpoint, segmented) = self._running, outcome
         if image not in self._viewer.layers:
             show_info(f"'{image.name}' was closed during the run; the result was discarded.")
             return
-        if outcome.checkpoint != self._threshold_from:  # a new checkpoint: its own threshold
-            self._threshold_from = outcome.checkpoint
+        if checkpoint != self._threshold_from:  # a new checkpoint: its own threshold
+            self._threshold_from = checkpoint
             with self._threshold.changed.blocked():
-                self._threshold.value = outcome.threshold
-        result = _Result(image, None, job.volume, outcome.probability,
-                         float(self._threshold.value), outcome.slice_range)
+                self._threshold.value = segmented.threshold
+        result = _Result(image, None, job.volume, segmented.probability,
+                         float(self._threshold.value), segmented.slice_range)
         result.labels = self._labels_for(image, result.mask())
         self._last = result
         if self._show_probability.value or self._probability_layer(image) is not None:
-            self._update_probability(image, outcome.probability)
+            self._update_probability(image, segmented.probability)
         self._viewer.layers.selection.active = result.labels
         self._report()
-        for note in outcome.notes:
+        for note in segmented.notes:
             show_info(note)
 
     # -- results ---------------------------------------------------------------------------
@@ -359,7 +309,7 @@ class SegmentWidget(Container):
     def _report(self, _event: Any = None) -> None:
         """Show lesion volume (mL) and number of lesions (6-connected components)."""
         last = self._last
-        if not self._alive:
+        if not self._runner.alive:
             return
         if last is None or last.labels not in self._viewer.layers:
             self._summary.value = "-"
@@ -408,7 +358,7 @@ class SegmentWidget(Container):
         try:
             written = Path(write_labels(path, layer.data, {"metadata": layer.metadata,
                                                            **_transform(layer)})[0])
-        except (DunetError, OSError, ValueError) as exc:
+        except (DunetError, OSError) as exc:
             show_error(f"Could not save the mask to {path}: {exc}")
             return None
         show_info(f"Saved {written}")

@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import add_device_argument, add_output_argument
+
 HELP = ("Segment a sample stroke case end to end: writes the mask, an overlay PNG and the metrics "
         "against the known lesion, and shows them in napari.")
 QUICK_SLICES = 4
@@ -23,7 +25,7 @@ TRUTH_COLORS = {0: "transparent", 1: "#33ff33", None: "#33ff33"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("demo-output"),
+    add_output_argument(parser, default=Path("demo-output"),
                         help="output folder (default: ./demo-output)")
     parser.add_argument("--weights", type=Path,
                         help="checkpoint (.safetensors); default: the weights bundled with the package")
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the case's noise and bias field (the lesion has the "
                              "synthesiser's typical look, synth.Appearance())")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    add_device_argument(parser)
     parser.add_argument("--no-viewer", action="store_true", help="do not open napari")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
@@ -78,6 +80,37 @@ def quick_range(truth, geometry) -> tuple[int, int]:
     return start, min(start + QUICK_SLICES, geometry.n_slices)
 
 
+def demo_range(image, truth, quick: bool) -> tuple[int, int]:
+    """The axial slices the demo segments: ``quick_range``, else all of them."""
+    from ..preprocessing import SliceGeometry
+
+    geometry = SliceGeometry.for_volume(image.data.shape, image.affine)
+    return quick_range(truth, geometry) if quick else (0, geometry.n_slices)
+
+
+def segment_case(image, truth, weights: Path, device: str, quick: bool):
+    """``segmentation.segment`` of ``image`` over ``demo_range``, progress on stderr."""
+    from ..checkpoint import load_checkpoint
+    from ..inference import resolve_device
+    from ..options import SegmentOptions
+    from ..segmentation import segment
+
+    start, stop = demo_range(image, truth, quick)
+    print(f"segmenting {stop - start} axial slices on {resolve_device(device)} with {weights} ...")
+    sys.stdout.flush()
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r  {done}/{total} slices", end="\n" if done == total else "", file=sys.stderr,
+              flush=True)
+
+    model, meta = load_checkpoint(weights)
+    result = segment(image, model, meta, SegmentOptions(device=device, slice_range=(start, stop)),
+                     progress=progress)
+    for note in result.notes:
+        print(f"dunet demo: warning: {note}", file=sys.stderr)
+    return result
+
+
 def has_display() -> bool:
     return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY")
                                                         or os.environ.get("WAYLAND_DISPLAY"))
@@ -90,11 +123,11 @@ def run(args: argparse.Namespace) -> int:
     from ..io import atomic_write, save_mask, save_volume
     from .. import weights as bundled
 
-    paths = output_paths(args.out)
+    paths = output_paths(args.output)
     if not args.overwrite:
         for path in paths.values():
             if path.exists():
-                raise InputError(f"{path} exists; pass --overwrite to replace it (or choose --out).")
+                raise InputError(f"{path} exists; pass --overwrite to replace it (or choose --output).")
     weights = args.weights or bundled.default_checkpoint()
     image, truth, description = make_case(args.anatomy, args.lesion, args.seed)
     save_volume(image.data, image, paths["image"], dtype=image.data.dtype.type, overwrite=args.overwrite)
@@ -106,36 +139,18 @@ def run(args: argparse.Namespace) -> int:
         save_overlay_png(paths["overlay"], image, {"known lesion": truth.data},
                          title="sample case (not segmented)", overwrite=args.overwrite)
         raise DunetError("no default weights are bundled with this version of napari-dunet, so the "
-                         f"sample case in {args.out} was not segmented; pass --weights FILE "
+                         f"sample case in {args.output} was not segmented; pass --weights FILE "
                          "(a D-UNet .safetensors checkpoint).")
 
-    from ..checkpoint import load_checkpoint, preprocessing_scheme
-    from ..inference import predict_volume, resolve_device
-    from ..preprocessing import SliceGeometry
-    from ..segmentation import threshold_mask
-
-    device = resolve_device(args.device)
-    model, meta = load_checkpoint(weights, device=device)
-    geometry = SliceGeometry.for_volume(image.data.shape, image.affine)
-    slice_range = quick_range(truth, geometry) if args.quick else None
-    n = (slice_range[1] - slice_range[0]) if slice_range else geometry.n_slices
-    print(f"segmenting {n} axial slices on {device} with {weights} ...")
-    sys.stdout.flush()
-
-    def progress(done: int, total: int) -> None:
-        print(f"\r  {done}/{total} slices", end="\n" if done == total else "", file=sys.stderr,
-              flush=True)
-
-    probability = predict_volume(image, model, device=device, slice_range=slice_range,
-                                 progress=progress, scheme=preprocessing_scheme(meta))
-    mask = threshold_mask(probability, float(meta.get("threshold", 0.5)))
+    segmented = segment_case(image, truth, weights, args.device, args.quick)
+    mask = segmented.mask
     save_mask(mask, image, paths["mask"], overwrite=args.overwrite)
     result = evaluate_arrays(mask, truth.data, name=NAME, pred_affine=image.affine,
                              truth_affine=image.affine, pred_label="the D-UNet mask",
                              truth_label="the known lesion")
     scores = report([result])
     scores.update(sample=description, weights=str(weights), quick=bool(args.quick),
-                  slices=list(slice_range) if slice_range else [0, geometry.n_slices])
+                  slices=list(segmented.slice_range))
     text = json.dumps(scores, indent=2) + "\n"
     atomic_write(paths["metrics"], lambda tmp: tmp.write_text(text), overwrite=args.overwrite)
     m = result.metrics

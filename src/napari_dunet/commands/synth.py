@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from . import add_output_argument
 
 HELP = ("Synthesise chronic-stroke T1 cases (real anatomy + lesion shapes) with their masks, "
         "written in the ATLAS v2.0 BIDS layout.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", required=True, type=Path, help="output BIDS folder")
+    add_output_argument(parser, required=True, help="output BIDS folder")
     parser.add_argument("--anatomy", default="mni",
                         help="'mni' (default: the MNI152 2009a template bundled with nilearn) or a "
                              "T1 NIfTI file")

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import add_device_argument, add_dtype_argument, add_output_argument
+
 HELP = "Train or fine-tune a model on T1 images with lesion masks (files or BIDS/ATLAS folders)."
 
 EPILOG = """\
@@ -17,6 +19,7 @@ torchrun --nproc_per_node N -m napari_dunet.cli train ... (--batch-size is per p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..options import LOSSES, OPTIMIZERS
     from ..training.config import TrainConfig
 
     d = TrainConfig()
@@ -31,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "('mni' or T1 files) with the --lesions shapes (docs/synthesis.md)")
     parser.add_argument("--lesions", nargs="+", type=Path, metavar="MASK",
                         help="lesion mask files or folders for --synth")
-    parser.add_argument("--out", required=True, type=Path, metavar="CHECKPOINT",
+    add_output_argument(parser, required=True, metavar="CHECKPOINT",
                         help="model to write (.safetensors); the resumable state goes beside it "
                              "as NAME.state.safetensors")
     parser.add_argument("--val-fraction", type=float, default=0.2,
@@ -40,16 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help=f"stacks per step and process (default {d.batch_size})")
     parser.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
-    parser.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer,
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                         help="default adam")
     parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default 0)")
-    parser.add_argument("--loss", choices=("eml", "focal", "dice"), default=d.loss, help="default eml")
+    parser.add_argument("--loss", choices=LOSSES, default=d.loss, help="default eml")
     parser.add_argument("--model", help="model name from `dunet models` (default: the --init "
                                         "checkpoint's, else dunet)")
     parser.add_argument("--init", type=Path, metavar="CHECKPOINT",
                         help="start from these weights (fine-tuning)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the training saved beside --out")
+                        help="continue the training saved beside --output")
     parser.add_argument("--patience", type=int, default=d.patience,
                         help=f"early stopping: epochs without a better validation DSC "
                              f"(default {d.patience}; 0: off)")
@@ -65,12 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on random N x N windows of the slices, centred on lesion for "
                              "lesion slices (faster steps; default: whole slices)")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: mixed precision on GPUs, float32 on CPUs (default); bf16: "
-                             "bfloat16 autocast, also on CPUs (fast where they have bf16 "
-                             "instructions); fp32: float32 everywhere")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_device_argument(parser)
+    add_dtype_argument(parser, help="compute dtype; auto: mixed precision on GPUs, float32 on "
+                       "CPUs (default); bf16: bfloat16 autocast, also on CPUs (fast where they "
+                       "have bf16 instructions); mixed: bf16 steps, validation masks as "
+                       "inference's mixed makes them; fp32: float32 everywhere")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,14 +81,15 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import resolve_device
     from ..training.config import TrainConfig
     from ..training.distributed import Distributed
-    from ..training.engine import EpochMetrics, training_events
+    from ..training.engine import EpochMetrics, train
     from ..training.state import state_path
 
-    if args.out.exists() and not (args.overwrite or args.resume):
-        raise InputError(f"{args.out} exists; pass --overwrite to replace it or --resume to "
+    out = args.output
+    if out.exists() and not (args.overwrite or args.resume):
+        raise InputError(f"{out} exists; pass --overwrite to replace it or --resume to "
                          f"continue its training.")
-    if args.resume and not state_path(args.out).is_file():
-        raise InputError(f"nothing to resume: {state_path(args.out)} does not exist.")
+    if args.resume and not state_path(out).is_file():
+        raise InputError(f"nothing to resume: {state_path(out)} does not exist.")
     config = TrainConfig(
         model=args.model or _init_model(args.init), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
@@ -105,19 +109,15 @@ def run(args: argparse.Namespace) -> int:
         else:
             train_cases, val_cases = _cases_from_disk(args, config, dist, log)
         log(f"{'epoch':>5} {'loss':>9} {'val DSC':>8} {'global':>8} {'s':>7}  saved")
-        events = training_events(train_cases, val_cases, config, args.out, init=args.init,
-                                 resume=args.resume, dist=dist)
-        while True:
-            try:
-                event = next(events)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if isinstance(event, EpochMetrics):
-                log(f"{event.epoch:>5} {event.train_loss:>9.4f} {_fmt(event.val_dsc):>8} "
-                    f"{_fmt(event.val_global_dsc):>8} {event.seconds:>7.1f}  "
-                    f"{'yes' if event.saved else ''}")
-                sys.stdout.flush()
+
+        def on_epoch(event: EpochMetrics) -> None:
+            log(f"{event.epoch:>5} {event.train_loss:>9.4f} {_fmt(event.val_dsc):>8} "
+                f"{_fmt(event.val_global_dsc):>8} {event.seconds:>7.1f}  "
+                f"{'yes' if event.saved else ''}")
+            sys.stdout.flush()
+
+        result = train(train_cases, val_cases, config, out, init=args.init, resume=args.resume,
+                       on_epoch=on_epoch, dist=dist)
         log(result.message)
     finally:
         dist.close()
@@ -166,7 +166,7 @@ def _synthetic_cases(args: argparse.Namespace, config, dist, log) -> tuple[objec
 
 def _init_model(init: Path | None) -> str:
     from ..checkpoint import read_metadata
-    from ..models import DEFAULT_MODEL
+    from ..options import DEFAULT_MODEL
 
     return read_metadata(init)["model"] if init is not None else DEFAULT_MODEL
 

@@ -12,11 +12,12 @@ from typing import Callable
 
 from torch import nn
 
+from .. import options
 from ..errors import DunetError
 from .unet2d import DUNet
 from .unet3d import UNet3D
 
-DEFAULT_MODEL = "dunet"
+DEFAULT_MODEL = options.DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ _SPECS = [
     ModelSpec("seadd-123", "SEAdd-123", 8_647_012, _fusion((1, 2, 3), True, se_reduction=8)),
 ]
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+options.agree("model", MODELS, options.MODELS)
 
 
 def build_model(name: str = DEFAULT_MODEL) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Building blocks of D-UNet and its comparison models (SPEC.md, "Architecture").
+"""Building blocks of D-UNet and its comparison models (paper Table 1; docs/architecture.md).
 
 Keras conventions are kept where they change numbers: BatchNorm momentum 0.99 (PyTorch 0.01),
 epsilon 1e-3, and "same" padding of even kernels (0 before, 1 after on each axis).

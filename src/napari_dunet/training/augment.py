@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -65,7 +67,7 @@ def random_crops(images: torch.Tensor, masks: torch.Tensor, size: int,
     """
     height, width = images.shape[-2:]
     if size > min(height, width):
-        raise ValueError(f"crop size {size} exceeds the {height}x{width} input")
+        raise InputError(f"The crop size {size} exceeds the {height}x{width} input.")
     if size == height == width:
         return images, masks
     out_images, out_masks = [], []

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .. import options
 from ..errors import InputError
+from ..options import DEFAULT_MODEL, LOSSES, OPTIMIZERS, PRECISIONS, check_choice
 
-DEFAULT_MODEL = "dunet"  # models.DEFAULT_MODEL, without importing torch
 INPUT_SIZE = 192  # preprocessing.INPUT_SIZE, without importing torch
-OPTIMIZERS = ("adam", "sgd")
-PRECISIONS = ("auto", "fp32", "bf16")  # inference.PRECISIONS, without importing torch
 
 
 @dataclass
@@ -34,21 +33,16 @@ class TrainConfig:
     val_batch_size: int = 16
     device: str = "auto"
     # "auto": mixed precision on GPUs, float32 on CPUs; "bf16": bfloat16 autocast, also on CPUs
-    # (about 2.4x faster D-UNet steps on CPUs with bf16 instructions); "fp32": float32 everywhere
+    # (about 2.4x faster D-UNet steps on CPUs with bf16 instructions); "mixed": bf16 steps, and
+    # validation masks as inference's "mixed" makes them (the fp32 masks); "fp32": float32
     precision: str = "auto"
 
     def check(self) -> None:
-        """Raise ``InputError`` for values training cannot run with."""
-        from ..losses import LOSSES
-        from ..models import MODELS
-
-        problems = []
-        if self.model.lower() not in MODELS:
-            problems.append(f"unknown model {self.model!r} (choose one of: {', '.join(MODELS)})")
-        if self.loss.lower() not in LOSSES:
-            problems.append(f"unknown loss {self.loss!r} (choose one of: {', '.join(LOSSES)})")
-        if self.optimizer.lower() not in OPTIMIZERS:
-            problems.append(f"unknown optimizer {self.optimizer!r} (choose adam or sgd)")
+        """Raise ``InputError`` for values training cannot run with (imports no torch)."""
+        problems = [p for p in (check_choice("model", self.model, options.MODELS),
+                                check_choice("loss", self.loss, LOSSES),
+                                check_choice("optimizer", self.optimizer, OPTIMIZERS),
+                                check_choice("precision", self.precision, PRECISIONS)) if p]
         if self.epochs < 1 or self.batch_size < 1 or self.val_batch_size < 1:
             problems.append("epochs and batch sizes must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -63,8 +57,6 @@ class TrainConfig:
                             f"size {self.input_size}, got {self.crop_size}")
         if self.patience < 0:
             problems.append(f"patience must be 0 (off) or more epochs, got {self.patience}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"unknown precision {self.precision!r} (choose auto, fp32 or bf16)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             problems.append("steps per epoch must be at least 1")
         if problems:

@@ -167,10 +167,11 @@ class _Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.precision: Precision = config.precision  # type: ignore[assignment]
-        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+        bf16_cpu = self.precision in ("bf16", "mixed") and self.device.type == "cpu"
+        if bf16_cpu and not cpu_has_native_bf16():
             warnings.warn("this CPU has no bf16 instructions: bf16 training will be slow")
         self.autocast = lambda: precision_context(self.device, self.precision)
-        if self.precision == "bf16" and self.device.type == "cpu":
+        if bf16_cpu:
             _conv3d_in_float32(self.model)
         with self.autocast() as ctx:
             fp16 = getattr(ctx, "fast_dtype", None) == torch.float16

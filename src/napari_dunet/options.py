@@ -1,0 +1,71 @@
+"""Option names and the segmentation options, torch-free (command-line parsing and widgets stay light).
+
+The torch-side registries (``models.MODELS``, ``losses.LOSSES``, ``inference.PRECISIONS``) check
+at import that they list exactly these names (``agree``), so a name is added here and there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import InputError
+
+MODELS = ("dunet", "unet2d-transform", "unet2d-original", "unet3d-transform", "add-1", "add-12",
+          "add-23", "add-123", "seadd-12", "seadd-23", "seadd-123")
+DEFAULT_MODEL = "dunet"
+LOSSES = ("eml", "focal", "dice")
+OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16", "mixed")
+"""Compute dtypes (``--dtype``): ``auto`` bf16 autocast on GPUs, ``mixed`` on CPUs with bf16
+instructions, else fp32; ``mixed`` bf16 with the maps near the threshold run again in fp32."""
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PREPROCESSING = ("physical", "legacy")
+"""Preprocessing schemes (docs/architecture.md): ``physical`` (0.9375 mm pixels, window on the
+head; checkpoints record it) and ``legacy`` (checkpoints written before schemes existed)."""
+DEFAULT_PREPROCESSING = "physical"
+
+
+def agree(kind: str, registry: Iterable[str], names: tuple[str, ...]) -> None:
+    """Raise ``RuntimeError`` unless ``registry`` lists exactly ``names`` (a programming error)."""
+    if tuple(registry) != names:
+        raise RuntimeError(f"the {kind} registry {tuple(registry)} differs from options: {names}")
+
+
+def check_choice(kind: str, value: str, names: tuple[str, ...]) -> str | None:
+    """A problem sentence when ``value`` (any case) is not one of ``names``, else None."""
+    if str(value).lower() in names:
+        return None
+    return f"unknown {kind} {value!r} (choose one of: {', '.join(names)})"
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to segment (``segmentation.segment``, ``inference.predict_volume``).
+
+    ``threshold`` None: the checkpoint's recommended threshold. ``slice_range`` ``(start,
+    stop)``: only those axial slices (RAS+ order, inferior to superior). ``optimize``: run the
+    inference-ready model and skip empty stacks (``inference``); False is the plain reference.
+    ``precision``: one of ``PRECISIONS`` (the command line's ``--dtype``). ``preprocessing``:
+    one of ``PREPROCESSING``; None: the checkpoint's.
+    """
+
+    device: str = "auto"
+    batch_size: int = 16
+    precision: str = "auto"
+    threshold: float | None = None
+    slice_range: tuple[int, int] | None = None
+    optimize: bool = True
+    preprocessing: str | None = None
+
+    def check(self) -> None:
+        """Raise ``InputError`` for values segmentation cannot run with."""
+        problems = [p for p in (check_choice("precision", self.precision, PRECISIONS),
+                                check_choice("preprocessing", self.preprocessing or
+                                             DEFAULT_PREPROCESSING, PREPROCESSING)) if p]
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            problems.append(f"the threshold must be between 0 and 1, got {self.threshold}")
+        if self.batch_size < 1:
+            problems.append(f"the batch size must be at least 1, got {self.batch_size}")
+        if problems:
+            raise InputError("; ".join(problems) + ".")
