@@ -23,7 +23,8 @@ def test_probabilities_on_the_native_grid(small_nifti, model):
                           progress=lambda done, total: calls.append((done, total)))
     assert prob.shape == volume.data.shape and prob.dtype == np.float32
     assert 0 <= prob.min() and prob.max() <= 1 and prob.std() > 0
-    assert calls[-1] == (12, 12) and [d for d, _ in calls] == [5, 10, 12]
+    # 12 slices of 3 mm, each split into three ~1 mm network slices, in batches of 5
+    assert calls[-1] == (36, 36) and [d for d, _ in calls] == [*range(5, 36, 5), 36]
 
 
 def test_slice_range_leaves_other_slices_empty(small_nifti, model):

@@ -44,9 +44,10 @@ def test_prepared_case_is_compact_and_aligned():
     image, mask = make_head()
     case = prepare_case(image, mask, AFFINE, "c", input_size=SIZE)
     assert case.slices.dtype == torch.float16 and case.masks.dtype == torch.uint8
-    assert case.slices.shape == case.masks.shape == (12, SIZE, SIZE)
+    # twelve 3 mm slices, each split into three ~1 mm network slices
+    assert case.slices.shape == case.masks.shape == (36, SIZE, SIZE)
     assert set(torch.unique(case.masks).tolist()) == {0, 1}
-    assert case.lesion.sum() == np.any(mask, axis=(0, 1)).sum()
+    assert case.lesion.sum() == 3 * np.any(mask, axis=(0, 1)).sum()
     # lesion pixels sit in the dark blob inside the bright head
     lesion_z = int(np.flatnonzero(case.lesion)[len(np.flatnonzero(case.lesion)) // 2])
     inside = case.slices[lesion_z][case.masks[lesion_z] > 0].float().mean()

@@ -8,7 +8,8 @@ so every voxel lands where it came from.
 Schemes (a checkpoint records the one it was trained with; checkpoints without one are legacy):
 
 * ``physical`` (default): pixels of ``PIXEL_MM`` (the paper's ATLAS crop, 180 mm on 192 px),
-  whatever the voxel size; the window is centred on the head (``tissue.head_mask``);
+  whatever the voxel size (a smaller network input sees a smaller window); the window is
+  centred on the head (``tissue.head_mask``);
   intensities are scaled from the head's voxels (0.5th percentile -> 0, 99.5th -> 1). Slices
   thicker than 1.5 mm are each split into ``z_factor`` thinner ones (linear interpolation), and
   their maps averaged back, so thick clinical slices look like the 1 mm training slices.
@@ -110,7 +111,6 @@ class SliceGeometry:
             ras_shape[ras_axes[k]] = shape[k]
             zooms[ras_axes[k]] = float(native_zooms[k])
         nx, ny = ras_shape[0], ras_shape[1]
-        scale = INPUT_SIZE / size  # a smaller network input keeps the same field of view
         if (nx, ny) == ATLAS_INPLANE and np.allclose(zooms, 1.0, atol=0.01):
             x0, x1, y0, y1 = ATLAS_BOX
             return cls(shape, native_ornt, ((x0 + x1) / 2 - 0.5, (y0 + y1) / 2 - 0.5),
@@ -125,7 +125,7 @@ class SliceGeometry:
             centre = ((nx - 1) / 2, (ny - 1) / 2)
         z_factor = max(1, round(zooms[2])) if zooms[2] > THICK_SLICE_MM else 1
         return cls(shape, native_ornt, (float(centre[0]), float(centre[1])),
-                   (PIXEL_MM * scale / zooms[0], PIXEL_MM * scale / zooms[1]), "physical",
+                   (PIXEL_MM / zooms[0], PIXEL_MM / zooms[1]), "physical",
                    z_factor, size)
 
     # -- orientation --------------------------------------------------------------------------

@@ -323,6 +323,8 @@ class _Trainer:
             "processes": self.dist.world_size,
             "init": str(self.init) if self.init is not None else None,
             "config": asdict(self.config)}
+        if self.stream is not None:
+            meta["training"]["synthesis"] = self.stream.source.record()
         return meta
 
     def _result(self, reason: str) -> TrainResult:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +32,14 @@ class SynthSource:
     mirror: bool = True  # also use each lesion reflected to the other hemisphere
     input_size: int = INPUT_SIZE
     scheme: str = DEFAULT_SCHEME
+
+    def record(self) -> dict:
+        """What a checkpoint records of its synthetic training data."""
+        from ..labelsynth import SynthRanges
+
+        return {"anatomies": [Path(a).name for a in self.anatomies],
+                "lesions": [p.name for p in self.lesions], "mirror": self.mirror,
+                "ranges": asdict(SynthRanges())}
 
     def check(self) -> "SynthSource":
         if not self.anatomies:
