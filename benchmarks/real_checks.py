@@ -30,7 +30,7 @@ from napari_dunet import metrics, synth
 from napari_dunet.checkpoint import load_checkpoint
 from napari_dunet.io import Volume, find_cases, load_mask, load_volume, save_mask, save_volume
 from napari_dunet.options import SegmentOptions
-from napari_dunet.segmentation import segment
+from napari_dunet.segmentation import checkpoint_preprocessing, checkpoint_threshold, segment
 from napari_dunet.weights import default_checkpoint
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -208,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         args.save_dir.mkdir(parents=True, exist_ok=True)
     segment = Segmenter(args.weights, args.device)
     rows = [row for check in checks for row in run_check(check, args, segment)]
-    results = {"weights": str(args.weights), "threshold": segment.threshold,
-               "scheme": segment.scheme, "device": str(segment.device), "cpu": cpu_name(),
+    results = {"weights": str(args.weights), "threshold": checkpoint_threshold(segment.meta),
+               "scheme": checkpoint_preprocessing(segment.meta), "device": args.device,
+               "cpu": cpu_name(),
                "seed": args.seed, "checks": checks,
                "summary": {c: summary(c, [r for r in rows if r["check"] == c]) for c in checks},
                "rows": rows}

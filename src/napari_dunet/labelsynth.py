@@ -47,7 +47,7 @@ TISSUE_LEVELS = {"head": HEAD, "csf": CSF, "gm": GM, "wm": WM}
 class SynthRanges:
     """The random ranges of one draw (uniform unless said otherwise)."""
 
-    t1_like: float = 0.7  # share of draws with T1 tissue order
+    t1_like: float = 0.5  # share of draws with T1 tissue order (the others: any contrast)
     core_like_csf: float = 0.8  # share of draws whose lesion core is near the CSF level
     rotation_deg: float = 12.0
     scale: float = 0.12  # each axis scaled by 1 +- scale
