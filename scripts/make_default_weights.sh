@@ -1,36 +1,31 @@
 #!/usr/bin/env bash
-# The recipe of the bundled default weights (src/napari_dunet/weights/MODEL_CARD.md), step by step:
-#   1. synthesise the cases: the 100 LESYMAP lesion shapes painted into the MNI152 2009a template
-#      (seed 0, subjects sub-r001s...) and into ch2, a skull-on single-subject T1 (seed 1,
-#      sub-r002s...); lesions 1-80 -> train, 81-100 -> heldout (scripts/make_training_data.sh);
-#   2. train D-UNet on both training sets with `dunet train` (bf16 autocast, 96x96 crops);
-#   3. store the best epoch in half precision as the package's default checkpoint;
-#   4. segment both held-out sets with it and score them with `dunet evaluate`.
+# The recipe of the bundled default weights (src/napari_dunet/weights/MODEL_CARD.md):
+#   1. train D-UNet with `dunet train --synth` on cases drawn on the fly from three anatomies'
+#      label maps (MNI152 2009a, ch2, MS patient 19's T1) with LESYMAP lesion shapes 1-80
+#      (docs/synthesis.md), starting from INIT (the previous default weights);
+#   2. store the last epoch in half precision as the package's default checkpoint;
+#   3. score it with benchmarks/real_checks.py (real stroke T2, real MS T1 scans, a thick-slice
+#      clinical domain on MS patient 26's anatomy with held-out lesions 81-100).
 #
-#   scripts/make_default_weights.sh [WORK]      (WORK defaults to runs/default-weights)
-#   DEVICE (default auto) can be set. Needs nilearn (pip install -e ".[synth]"),
-#   ../shared/data (lesions and ch2.nii.gz) and about 3 GB of disk.
+#   scripts/make_default_weights.sh INIT [WORK]   (WORK defaults to runs/default-weights)
+#   EPOCHS (default 60), STEPS (60 per epoch), LR (2e-4) and DEVICE (auto) can be set; an
+#   interrupted run continues with RESUME=1 (same WORK). Needs nilearn (pip install -e
+#   ".[synth]") and ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WORK=${1:-runs/default-weights}
-DEVICE=${DEVICE:-auto}
+INIT=${1:?usage: scripts/make_default_weights.sh INIT_CHECKPOINT [WORK]}
+WORK=${2:-runs/default-weights}
 SHARED=${SHARED:-../shared/data}
+mkdir -p "$WORK"
 
-[ -d "$WORK/mni/train" ] || LESIONS="$SHARED/lesions" scripts/make_training_data.sh "$WORK/mni"
-[ -d "$WORK/ch2/train" ] || LESIONS="$SHARED/lesions" SEED=1 SITE=2 \
-  scripts/make_training_data.sh "$WORK/ch2" --anatomy "$SHARED/ch2.nii.gz"
-
-# a step schedule of the learning rate: epochs 1-3 at 5e-4, 4-5 at 1.5e-4, 6 at 5e-5 (--resume
-# continues the saved state with the new rate; every epoch draws the batches it always draws)
-train() {
-  dunet train --data "$WORK/mni/train" "$WORK/ch2/train" --output "$WORK/dunet.safetensors" \
-    --val-fraction 0.05 --batch-size 16 --crop-size 96 --steps-per-epoch 200 --patience 0 \
-    --dtype bf16 --seed 0 --device "$DEVICE" "$@"
-}
-train --lr 5e-4 --epochs 3 --overwrite
-train --lr 1.5e-4 --epochs 5 --resume
-train --lr 5e-5 --epochs 6 --resume
+start=(--init "$INIT" --overwrite)
+[ "${RESUME:-0}" = 1 ] && start=(--resume)
+dunet train --synth mni "$SHARED/ch2.nii.gz" "$SHARED/real/ms_t1/patient19/T1w.nii.gz" \
+  --lesions $(printf "$SHARED/lesions/Subject_%03d.nii.gz " $(seq 1 80)) \
+  --output "$WORK/dunet.safetensors" --steps-per-epoch "${STEPS:-60}" --epochs "${EPOCHS:-60}" \
+  --batch-size 12 --crop-size 96 --lr "${LR:-2e-4}" --dtype bf16 --val-fraction 0 --patience 0 \
+  --seed 1 --device "${DEVICE:-auto}" "${start[@]}"
 
 python - "$WORK/dunet.safetensors" src/napari_dunet/weights/dunet_default.safetensors <<'EOF'
 import sys
@@ -42,8 +37,4 @@ save_checkpoint(sys.argv[2], model, metadata, half=True)
 print(f"wrote {sys.argv[2]} (float16)")
 EOF
 
-for set in mni ch2; do
-  dunet segment "$WORK/$set/heldout" -o "$WORK/heldout-$set" --device "$DEVICE" --overwrite
-  dunet evaluate --pred "$WORK/heldout-$set" --truth "$WORK/$set/heldout" \
-    --csv "$WORK/heldout-$set.csv" --overwrite
-done
+python benchmarks/real_checks.py --json "$WORK/real_checks.json"

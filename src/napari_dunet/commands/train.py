@@ -104,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
     dist = Distributed.from_env(device.type)
     try:
         log = print if dist.is_main else (lambda *a, **k: None)
+        where = f"{dist.world_size} process(es) on {device.type}"
         if args.synth:
-            train_cases, val_cases = _synthetic_cases(args, config, dist, log)
+            train_cases, val_cases = _synthetic_cases(args, config, dist, log, where)
         else:
-            train_cases, val_cases = _cases_from_disk(args, config, dist, log)
+            train_cases, val_cases = _cases_from_disk(args, config, dist, log, where)
         log(f"{'epoch':>5} {'loss':>9} {'val DSC':>8} {'global':>8} {'s':>7}  saved")
 
         def on_epoch(event: EpochMetrics) -> None:
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cases_from_disk(args: argparse.Namespace, config, dist, log) -> tuple[list, list]:
+def _cases_from_disk(args: argparse.Namespace, config, dist, log, where: str) -> tuple[list, list]:
     from ..errors import InputError
     from ..training.data import find_training_cases, load_cases, split_cases
 
@@ -133,8 +134,7 @@ def _cases_from_disk(args: argparse.Namespace, config, dist, log) -> tuple[list,
     if len(train_files) < dist.world_size:
         raise InputError(f"{len(train_files)} training case(s) for {dist.world_size} "
                          f"processes; every process needs at least one.")
-    log(f"{len(train_files)} training and {len(val_files)} validation cases; "
-        f"{dist.world_size} process(es)")
+    log(f"{len(train_files)} training and {len(val_files)} validation cases; {where}")
     started = time.perf_counter()
     train_cases = load_cases(dist.shard(train_files), config.input_size)
     val_cases = load_cases(dist.shard(val_files), config.input_size)
@@ -142,7 +142,7 @@ def _cases_from_disk(args: argparse.Namespace, config, dist, log) -> tuple[list,
     return train_cases, val_cases
 
 
-def _synthetic_cases(args: argparse.Namespace, config, dist, log) -> tuple[object, list]:
+def _synthetic_cases(args: argparse.Namespace, config, dist, log, where: str) -> tuple[object, list]:
     """A synthesis stream to train on; validation: the --data cases, else fixed draws."""
     from ..errors import InputError
     from ..synth import lesion_files
@@ -160,7 +160,7 @@ def _synthetic_cases(args: argparse.Namespace, config, dist, log) -> tuple[objec
     else:
         val_cases = dist.shard(validation_cases(source, 4)) if args.val_fraction > 0 else []
     log(f"drawing from {len(source.anatomies)} anatomies and {len(source.lesions)} lesion shapes; "
-        f"{len(val_cases)} validation cases; {dist.world_size} process(es)")
+        f"{len(val_cases)} validation cases; {where}")
     return SynthStream(source, seed=config.seed, rank=dist.rank), val_cases
 
 
