@@ -122,7 +122,8 @@ def load_label_anatomy(source: str | Path) -> LabelAnatomy:
 
 def lesion_on(anatomy: LabelAnatomy, lesion: Volume, mirror: bool = False) -> np.ndarray:
     """A lesion mask moved onto the anatomy's grid (world coordinates), within its brain."""
-    return resample_mask(lesion, anatomy.labels.shape, anatomy.affine, mirror) & (anatomy.labels >= CSF[0])
+    brain = anatomy.labels >= CSF[0]
+    return resample_mask(lesion, anatomy.labels.shape, anatomy.affine, mirror) & brain
 
 
 # ---- one draw -------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
     image = _paint(labels, rng, ranges)
     mask = ((labels == CORE) | (labels == RIM)).astype(np.float32)
     image, mask, spacing = _field_of_view_and_slices(image, mask, rng, ranges)
-    image = _artefacts(image, labels_brain(image), rng, ranges)
+    image = _artefacts(image, image > 1e-3, rng, ranges)  # the bias field's mean: non-background
     affine = np.diag([1.0, 1.0, float(spacing), 1.0])
     affine[:3, 3] = -np.asarray(image.shape) * np.diag(affine)[:3] / 2
     return Volume(image, affine), Volume((mask >= 0.5).astype(np.uint8), affine.copy())
@@ -190,7 +191,7 @@ def _deform(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -
 
 
 def _rotation(a: float, b: float, c: float) -> np.ndarray:
-    ca, sa, cb, sb, cc, sc = math.cos(a), math.sin(a), math.cos(b), math.sin(b), math.cos(c), math.sin(c)
+    (ca, sa), (cb, sb), (cc, sc) = ((math.cos(t), math.sin(t)) for t in (a, b, c))
     rx = np.array([[1, 0, 0], [0, ca, -sa], [0, sa, ca]])
     ry = np.array([[cb, 0, sb], [0, 1, 0], [-sb, 0, cb]])
     rz = np.array([[cc, -sc, 0], [sc, cc, 0], [0, 0, 1]])
@@ -242,24 +243,20 @@ def _field_of_view_and_slices(image: np.ndarray, mask: np.ndarray, rng: np.rando
     return np.ascontiguousarray(image), np.ascontiguousarray(mask), thickness
 
 
-def labels_brain(image: np.ndarray) -> np.ndarray:
-    """Where the bias field is normalised: the non-background voxels."""
-    return image > 1e-3
-
-
 def _artefacts(image: np.ndarray, where: np.ndarray, rng: np.random.Generator,
                ranges: SynthRanges) -> np.ndarray:
     """Bias field (computed on a coarse grid), gamma, Rician noise."""
     coarse_shape = tuple(max(2, n // 8) for n in image.shape)
-    coarse_where = ndi.zoom(where.astype(np.float32), [c / n for c, n in zip(coarse_shape, image.shape)],
-                            order=0) > 0.5
+    shrink = [c / n for c, n in zip(coarse_shape, image.shape)]
+    coarse_where = ndi.zoom(where.astype(np.float32), shrink, order=0) > 0.5
     if not coarse_where.any():
         coarse_where[:] = True
     field = _bias_field(coarse_shape, coarse_where, rng.uniform(*ranges.bias), rng)
     field = F.interpolate(torch.from_numpy(field)[None, None], size=image.shape, mode="trilinear",
                           align_corners=False)[0, 0].numpy()
     image = np.clip(image * field, 0.0, None) ** math.exp(rng.uniform(*np.log(ranges.gamma)))
-    sigma = rng.uniform(*ranges.noise) * float(np.percentile(image[where], 99) if where.any() else 1.0)
+    brightest = float(np.percentile(image[where], 99)) if where.any() else 1.0
+    sigma = rng.uniform(*ranges.noise) * brightest
     real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(image.shape, dtype=np.float32)
     return np.sqrt(real * real + imaginary * imaginary).astype(np.float32)

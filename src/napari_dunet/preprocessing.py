@@ -186,8 +186,9 @@ class SliceGeometry:
         rows = torch.einsum("xyz,cx->cyz", ras, to_x)
         slices = torch.einsum("cyz,ry->zrc", rows, to_y)
         if self.z_factor > 1:
-            slices = F.interpolate(slices.permute(1, 2, 0).reshape(1, -1, nz), scale_factor=self.z_factor,
-                                   mode="linear", align_corners=False)
+            columns = slices.permute(1, 2, 0).reshape(1, -1, nz)
+            slices = F.interpolate(columns, scale_factor=self.z_factor, mode="linear",
+                                   align_corners=False)
             slices = slices.reshape(self.size, self.size, -1).permute(2, 0, 1)
         return slices.contiguous()
 
@@ -266,7 +267,8 @@ def _head_centre(head: np.ndarray, step: int) -> tuple[float, float]:
     big = np.flatnonzero(area >= 0.5 * area.max())
     centres = []
     for z in big:
-        xs, ys = np.flatnonzero(head[:, :, z].any(axis=1)), np.flatnonzero(head[:, :, z].any(axis=0))
+        section = head[:, :, z]
+        xs, ys = np.flatnonzero(section.any(axis=1)), np.flatnonzero(section.any(axis=0))
         centres.append(((xs[0] + xs[-1]) / 2 * step, (ys[0] + ys[-1]) / 2 * step))
     cx, cy = np.median(np.asarray(centres), axis=0)
     return float(cx), float(cy)
