@@ -181,3 +181,10 @@ def test_axial_slice_through_a_voxel():
     geometry = SliceGeometry.for_volume((10, 12, 8), flipped)
     assert geometry.axial_slice_at((3, 4, 0)) == 7 and geometry.axial_slice_at((3, 4, 6.6)) == 0
     assert geometry.axial_slice_at((0, 0, 99)) == 0  # clipped to the volume
+
+
+def test_preprocess_rejects_nan_voxels_clearly():
+    data = np.ones((20, 20, 20), np.float32)
+    data[3, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        preprocess(data, np.eye(4))

@@ -132,12 +132,12 @@ class SynthStream:
         """The pool after taking every case drawn since the last call (waiting until it holds
         at least ``minimum``)."""
         while True:
+            short = len(self.pool) < minimum
             try:
-                block = len(self.pool) < minimum
-                name, slices, masks = self._queue.get(timeout=300 if block else 0.01) \
-                    if block else self._queue.get_nowait()
+                name, slices, masks = (self._queue.get(timeout=60) if short
+                                       else self._queue.get_nowait())
             except queue.Empty:
-                if len(self.pool) < minimum:
+                if short:
                     self._check_alive()
                     continue
                 return list(self.pool)
