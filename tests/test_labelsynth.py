@@ -47,8 +47,9 @@ def test_draws_repeat_with_a_seed_and_differ_without(ch2_labels, lesion):
 
 
 def test_a_draw_is_a_scan_the_preprocessing_takes(ch2_labels, lesion):
+    with_lesion = labelsynth.SynthRanges(lesion_free=0.0)
     for seed in range(4):
-        image, mask = labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(seed))
+        image, mask = labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(seed), with_lesion)
         assert image.data.dtype == np.float32 and np.isfinite(image.data).all()
         assert image.data.shape == mask.data.shape and mask.data.sum() > 500
         spacing = image.voxel_size[2]
@@ -58,6 +59,15 @@ def test_a_draw_is_a_scan_the_preprocessing_takes(ch2_labels, lesion):
         assert (geometry.z_factor > 1) == (spacing > 1.5)
         seen = geometry.forward(mask.data.astype(np.float32)) >= 0.5
         assert seen.sum() > 0.5 * mask.data.sum() * spacing  # the lesion is in the window
+
+
+def test_lesion_free_draws_show_a_whole_healthy_head(ch2_labels, lesion):
+    healthy = labelsynth.SynthRanges(lesion_free=1.0)
+    image, mask = labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(3), healthy)
+    assert not mask.data.any() and (image.data > 0.1).sum() > 500_000
+    shares = [labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(s))[1].data.any()
+              for s in range(20)]
+    assert 12 <= sum(shares) <= 20  # the default ranges keep a lesion in most draws
 
 
 def test_intensities_keep_the_lesion_core_near_csf_in_most_draws():

@@ -6,7 +6,8 @@ random intensities per label, random deformation, random resolution and random a
 the shape of a lesion, not one scanner's look. Every draw (``draw_scan``):
 
 1. a real lesion shape (optionally mirrored) becomes a cavity core and a gliotic rim in the
-   anatomy's label map; nearby CSF spaces widen (ex vacuo) and nearby cortex thins;
+   anatomy's label map; nearby CSF spaces widen (ex vacuo) and nearby cortex thins (a share
+   of draws leaves the head lesion-free, so that whole healthy heads are seen too);
 2. the skull and scalp labels are kept, or removed (brain-extracted scans);
 3. random affine (rotation, scaling, shift) and smooth elastic deformation, in one resampling;
 4. an intensity per label: T1-like order most of the time (CSF < GM < WM, lesion core near CSF),
@@ -65,6 +66,7 @@ class SynthRanges:
     rim_mm: tuple[float, float] = (1.0, 3.0)  # depth of the gliotic rim inside the mask
     ex_vacuo_mm: tuple[float, float] = (0.0, 3.0)
     cortical_loss: float = 0.5  # share of draws where cortex next to the lesion becomes CSF
+    lesion_free: float = 0.15  # share of draws without the lesion (a whole lesion-free head)
 
 
 @dataclass
@@ -133,7 +135,8 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
     """A random scan (float32) and its lesion mask (uint8) on a random native grid (RAS+)."""
     if not lesion.any():
         raise InputError(f"the lesion does not reach {anatomy.name}'s brain.")
-    labels = with_lesion(anatomy.labels, lesion, rng, ranges)
+    drawn = lesion if rng.random() >= ranges.lesion_free else np.zeros_like(lesion)
+    labels = with_lesion(anatomy.labels, drawn, rng, ranges)
     if anatomy.has_skull and rng.random() < ranges.strip_skull:
         labels[np.isin(labels, HEAD)] = BACKGROUND
     labels = _deform(labels, rng, ranges)
@@ -151,6 +154,8 @@ def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator
     """A copy of ``labels`` with the lesion as core and rim, ex-vacuo widening of nearby CSF
     and, in some draws, loss of the cortex next to it (within a box around the lesion)."""
     labels = labels.copy()
+    if not lesion.any():
+        return labels
     inside = np.argwhere(lesion)
     box = tuple(slice(max(a - 20, 0), b + 21) for a, b in zip(inside.min(0), inside.max(0)))
     sub, les = labels[box], lesion[box]

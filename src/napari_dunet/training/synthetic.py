@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -80,8 +81,10 @@ class CaseDrawer:
         image, mask = labelsynth.draw_scan(self.anatomies[a], lesion, rng)
         name = f"synth-{self.anatomies[a].name}-{self.source.lesions[k].name.split('.')[0]}" \
                f"{'-mirrored' if mirror else ''}-{'-'.join(map(str, seed))}"
-        return prepare_case(image.data, mask.data, image.affine, name, self.source.input_size,
-                            scheme=self.source.scheme)
+        with warnings.catch_warnings():  # lesion-free draws are meant (SynthRanges.lesion_free)
+            warnings.filterwarnings("ignore", message=".*the lesion mask is empty")
+            return prepare_case(image.data, mask.data, image.affine, name,
+                                self.source.input_size, scheme=self.source.scheme)
 
     def _lesion(self, a: int, k: int, mirror: bool) -> np.ndarray:
         from .. import labelsynth
