@@ -138,11 +138,14 @@ def test_shape_mismatch_is_shown_and_nothing_is_recorded(widget, shown):
     assert w.results == []
 
 
-def test_affine_mismatch_warns_but_scores(widget, shown):
+def test_affine_mismatch_is_an_error_unless_voxel_arrays_are_compared(widget, shown):
     viewer, w = widget
     viewer.add_labels(cube(), name="tracing")
     viewer.add_labels(cube(), name="network", translate=(5, 0, 0))
     w._truth.value, w._pred.value = viewer.layers["tracing"], viewer.layers["network"]
+    assert w.evaluate() is None and w.results == []
+    assert "not on the same grid" in shown["error"][0] and "(5.00, 0.00, 0.00) mm" in shown["error"][0]
+    w._voxelwise.value = True
     result = w.evaluate()
     assert result.metrics.dsc == 1.0  # voxel by voxel
     assert len(shown["warning"]) == 1 and "origin offset (5.00, 0.00, 0.00) mm" in shown["warning"][0]

@@ -66,11 +66,13 @@ def test_affine_difference_names_what_differs():
     assert "180.0 degrees" in affine_difference(flipped, AFFINE)
 
 
-def test_affine_mismatch_warns_and_still_scores_on_the_grid():
+def test_affine_mismatch_is_an_error_naming_the_offset_unless_voxelwise():
     truth, pred = cube(), np.roll(cube(), 1, axis=0)
     shifted = AFFINE.copy()
     shifted[:3, 3] = [4.0, 0, 0]
-    result = evaluate_arrays(pred, truth, pred_affine=shifted, truth_affine=AFFINE)
+    with pytest.raises(InputError, match=r"not on the same grid.*\(4.00, 0.00, 0.00\) mm"):
+        evaluate_arrays(pred, truth, pred_affine=shifted, truth_affine=AFFINE)
+    result = evaluate_arrays(pred, truth, pred_affine=shifted, truth_affine=AFFINE, voxelwise=True)
     assert len(result.notes) == 1 and "origin offset (4.00, 0.00, 0.00) mm" in result.notes[0]
     m, expected = result.metrics, compare_masks(pred, truth, spacing=(1, 1, 3))
     assert (m.confusion, m.dsc, m.lesions, m.hd95_mm) == \

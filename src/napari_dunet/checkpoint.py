@@ -110,6 +110,8 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None,
 
 def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file (.safetensors) in it.")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file.")
     return path

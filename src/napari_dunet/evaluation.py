@@ -4,8 +4,9 @@ Qt-free; used by ``dunet evaluate``, ``dunet segment`` (on-the-fly scores) and t
 widget. The metrics themselves live in ``napari_dunet.metrics``.
 
 Inputs are checked, never silently "fixed": masks of different shapes are an error naming both
-shapes; different affines give a note naming the difference (metrics are still computed voxel by
-voxel, with the reference's voxel size); non-binary masks are thresholded at 0.5 with a note;
+shapes; so are masks whose affines differ (not on the same grid in world space: the error says
+by how much), unless the caller asks to compare the voxel arrays as they are (``voxelwise``:
+then a note names the difference, and the reference's voxel size is used); non-binary masks are thresholded at 0.5 with a note;
 cases found on one side only are listed in ``Matching.pred_only`` / ``Matching.truth_only``.
 """
 
@@ -21,7 +22,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .errors import DunetError, InputError
 from .io import Volume, as_3d, atomic_write, case_name, is_mask_name, load_volume, nifti_files
 from .metrics import CaseMetrics, binarize, compare_masks, global_dice, is_binary
 
@@ -91,12 +92,12 @@ def evaluate_arrays(pred: np.ndarray, truth: np.ndarray, *, name: str = "case",
                     pred_affine: np.ndarray | None = None, truth_affine: np.ndarray | None = None,
                     spacing: Sequence[float] | None = None, connectivity: int = 6,
                     pred_label: str = "the prediction",
-                    truth_label: str = "the reference") -> CaseResult:
+                    truth_label: str = "the reference", voxelwise: bool = False) -> CaseResult:
     """Compare two 3D masks on the same voxel grid.
 
     Voxel size and voxel volume come from ``truth_affine`` if given, else ``spacing`` (mm per
-    axis), else 1 mm. When both affines are given and differ, a note names the difference.
-    Raises ``InputError`` for non-3D input, NaN/Inf values or different shapes.
+    axis), else 1 mm. Raises ``InputError`` for non-3D input, NaN/Inf values, different shapes
+    or (unless ``voxelwise``: then a note) different affines.
     """
     pred = as_3d(pred, pred_label)
     truth = as_3d(truth, truth_label)
@@ -106,6 +107,11 @@ def evaluate_arrays(pred: np.ndarray, truth: np.ndarray, *, name: str = "case",
     notes = [n for n in (_binary_note(pred, pred_label), _binary_note(truth, truth_label)) if n]
     if pred_affine is not None and truth_affine is not None:
         diff = affine_difference(pred_affine, truth_affine)
+        if diff and not voxelwise:
+            raise InputError(f"{pred_label} and {truth_label} are not on the same grid in world "
+                             f"space ({diff}); resample one onto the other, or compare the voxel "
+                             f"arrays as they are (dunet evaluate --voxelwise; 'Compare voxel "
+                             f"arrays' in the Evaluate panel).")
         if diff:
             notes.append(f"the affines differ ({diff}); metrics are computed voxel by voxel "
                          f"with the reference's voxel size.")
@@ -141,13 +147,14 @@ def load_mask_files(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.
 
 def evaluate_against_files(pred: np.ndarray, pred_affine: np.ndarray | None,
                            truth: Sequence[str | os.PathLike], *, name: str,
-                           connectivity: int = 6, pred_label: str = "the prediction") -> CaseResult:
+                           connectivity: int = 6, pred_label: str = "the prediction",
+                           voxelwise: bool = False) -> CaseResult:
     """Evaluate a mask in memory against reference mask files (several files are united)."""
     truth_data, truth_affine, truth_notes = load_mask_files(truth)
     try:
         result = evaluate_arrays(pred, truth_data, name=name, pred_affine=pred_affine,
                                  truth_affine=truth_affine, connectivity=connectivity,
-                                 pred_label=pred_label,
+                                 pred_label=pred_label, voxelwise=voxelwise,
                                  truth_label="reference " + ", ".join(str(p) for p in truth))
     except InputError as exc:
         raise InputError(f"case {name}: {exc}") from exc
@@ -156,11 +163,12 @@ def evaluate_against_files(pred: np.ndarray, pred_affine: np.ndarray | None,
 
 
 def evaluate_files(pred: Sequence[str | os.PathLike], truth: Sequence[str | os.PathLike], *,
-                   name: str | None = None, connectivity: int = 6) -> CaseResult:
+                   name: str | None = None, connectivity: int = 6,
+                   voxelwise: bool = False) -> CaseResult:
     """Evaluate one case from files (several files on one side are united, as in ATLAS R1.1)."""
     pred_data, pred_affine, pred_notes = load_mask_files(pred)
     result = evaluate_against_files(pred_data, pred_affine, truth, name=name or case_name(truth[0]),
-                                    connectivity=connectivity,
+                                    connectivity=connectivity, voxelwise=voxelwise,
                                     pred_label="prediction " + ", ".join(str(p) for p in pred))
     result.notes[:0] = pred_notes
     return result
@@ -217,10 +225,16 @@ def match_cases(pred: str | os.PathLike, truth: str | os.PathLike) -> Matching:
                     truth_only=sorted(set(truths) - set(preds)))
 
 
-def evaluate_cohort(matching: Matching, connectivity: int = 6) -> Iterator[CaseResult]:
-    """Evaluate every matched pair, yielding results one by one (in case-name order)."""
+def evaluate_cohort(matching: Matching, connectivity: int = 6, voxelwise: bool = False
+                    ) -> Iterator[CaseResult | DunetError]:
+    """Evaluate every matched pair, yielding results one by one (in case-name order); a case
+    that cannot be scored yields its error, and the others go on."""
     for name, pred_paths, truth_paths in matching.pairs:
-        yield evaluate_files(pred_paths, truth_paths, name=name, connectivity=connectivity)
+        try:
+            yield evaluate_files(pred_paths, truth_paths, name=name, connectivity=connectivity,
+                                 voxelwise=voxelwise)
+        except DunetError as exc:
+            yield exc
 
 
 def summarize(results: Sequence[CaseResult]) -> dict:

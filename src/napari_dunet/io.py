@@ -7,17 +7,20 @@ beside the target is renamed over it only once complete.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import os
 import re
 import tempfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import HeaderDataError
 
 from .errors import InputError, OutputExistsError
 from .geometry import voxel_sizes
@@ -66,30 +69,66 @@ def strip_nifti_suffix(path: str | os.PathLike) -> str:
 def load_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
     """Read a 3D NIfTI (a 4D file with a singleton 4th axis is accepted).
 
-    Raises ``InputError`` for a missing, non-NIfTI, truncated or corrupt file, a volume that is
-    not 3D, has no slices, or (``check_finite``) contains NaN/Inf voxels.
+    Raises ``InputError`` for a missing, non-NIfTI, truncated or corrupt file, a data type
+    that is not real numbers (RGB, complex), a singular affine, a volume that is not 3D, has no
+    slices, or (``check_finite``) contains NaN/Inf voxels.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not a NIfTI file.")
     if not path.is_file():
         raise InputError(f"{path}: no such file.")
     if not is_nifti(path):
         raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz).")
     try:
-        img = nib.load(str(path))
+        with _quiet_nibabel():  # nibabel logs header problems; the error below says them
+            img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(f"{path}: not a NIfTI-1/2 image.")
+        check_dtype(img.get_data_dtype(), path)
         data = np.asanyarray(img.dataobj)
     except InputError:
         raise
+    except HeaderDataError as exc:
+        raise InputError(f"{path}: the NIfTI header cannot be used ({exc}).") from exc
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile,
             nib.filebasedimages.ImageFileError) as exc:
         raise InputError(f"{path}: cannot read the file ({exc}); it may be truncated or corrupt.") from exc
-    return Volume(as_3d(data, path, check_finite), img.affine.copy(), img.header.copy(), path)
+    affine = img.affine
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        used = "sform" if int(img.header["sform_code"]) else "qform"
+        raise InputError(f"{path}: the header's {used} affine is singular (a voxel axis has no "
+                         f"length or two axes coincide), so the scan has no geometry; fix the "
+                         f"header (e.g. with fslorient or nibabel).")
+    return Volume(as_3d(data, path, check_finite), affine.copy(), img.header.copy(), path)
+
+
+@contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def check_dtype(dtype: np.dtype, source: object = "volume") -> None:
+    """Raise ``InputError`` unless ``dtype`` holds real numbers (not RGB, complex or objects)."""
+    dtype = np.dtype(dtype)
+    if dtype.fields is not None:
+        raise InputError(f"{source}: an RGB colour image, not a grey-level scan.")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"{source}: complex-valued data ({dtype}); save the magnitude image "
+                         f"and segment that.")
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise InputError(f"{source}: voxels of type {dtype} are not numbers.")
 
 
 def as_3d(data: np.ndarray, source: object = "volume", check_finite: bool = True) -> np.ndarray:
-    """Validate an array as a 3D volume (a singleton 4th axis is dropped)."""
+    """Validate an array as a 3D volume of real numbers (a singleton 4th axis is dropped)."""
     data = np.asarray(data)
+    check_dtype(data.dtype, source)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -103,18 +142,34 @@ def as_3d(data: np.ndarray, source: object = "volume", check_finite: bool = True
     return data
 
 
+#: Marks the temporary file of a write in progress: ``.<target name>.partial-<pid>-<random>``.
+PARTIAL = ".partial-"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None],
                  overwrite: bool = False) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
+    The temporary file is ``.<name>.partial-<pid>-<random><suffixes>``; those that earlier,
+    interrupted writes of the same target left (their process is gone) are removed first.
     Nothing is left behind if ``write`` fails; an existing ``path`` is kept unless ``overwrite``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a folder; give a file name.")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite (or choose another name).")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file, not a folder; give a folder for the output.")
     suffix = "".join(path.suffixes[-2:]) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_partial_writes(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL}{os.getpid()}-",
+                                   suffix=suffix, dir=folder)
+    except PermissionError as exc:
+        raise InputError(f"cannot write in {folder}: permission denied.") from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -123,9 +178,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None],
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}.") from exc
     finally:
         tmp_path.unlink(missing_ok=True)
     return path
+
+
+def remove_partial_writes(path: Path) -> list[Path]:
+    """Delete the temporary files of interrupted writes of ``path`` (their process has ended)."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}{PARTIAL}*"):
+        pid = tmp.name[len(path.name) + len(PARTIAL) + 1:].split("-", 1)[0]
+        if pid.isdigit() and _running(int(pid)):
+            continue  # another process is writing the same target right now
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def save_volume(data: np.ndarray, reference: Volume, path: str | os.PathLike, *,
@@ -140,13 +221,16 @@ def save_volume(data: np.ndarray, reference: Volume, path: str | os.PathLike, *,
     if dtype == np.uint8:
         header.set_slope_inter(1, 0)
     img = nib.Nifti1Image(data.astype(dtype), reference.affine, header)
-    # the reference's qform/sform codes, exactly; a reference without either (an array that
-    # never came from a file) gets "aligned" (2) so other tools still read the affine
+    # the reference's qform/sform codes, exactly; codes 0/0 carry only the voxel size (other
+    # tools then read the header's base affine), so where that is not the reference's affine
+    # (an array that never came from a file), the affine is written as "aligned" (2)
     qcode, scode = int(reference.header["qform_code"]), int(reference.header["sform_code"])
-    if qcode == scode == 0:
+    if qcode == scode == 0 and not np.allclose(img.header.get_base_affine(), reference.affine,
+                                               atol=1e-4):
         qcode = scode = 2
-    img.set_qform(reference.affine, qcode)
-    img.set_sform(reference.affine, scode)
+    if qcode or scode:
+        img.set_qform(reference.affine, qcode)
+        img.set_sform(reference.affine, scode)
     return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, Table
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..errors import DunetError, InputError
@@ -63,6 +63,9 @@ class EvaluateWidget(Container):
         self._connectivity = ComboBox(label="Lesions", value=6, choices=[
             ("6-connected (ATLAS)", 6), ("26-connected (ISLES'22)", 26)],
             tooltip="Voxel neighbourhood that joins voxels into one lesion (lesion count, F1)")
+        self._voxelwise = CheckBox(text="Compare voxel arrays", value=False, tooltip=(
+            "Score masks whose affines differ voxel by voxel (otherwise an error: they are not "
+            "on the same grid in world space)"))
         self._evaluate = PushButton(text="Evaluate")
         self._status = Label(value="")
         self.case_table = Table(value={"data": [], "index": [], "columns": ["value"]},
@@ -75,7 +78,7 @@ class EvaluateWidget(Container):
         for table in (self.case_table, self.session_table):
             table.read_only = True
         self.extend([self._pred, self._pred_file, self._truth, self._truth_file,
-                     self._connectivity, self._evaluate, self._status, self.case_table,
+                     self._connectivity, self._voxelwise, self._evaluate, self._status, self.case_table,
                      self.session_table, self._clear, self._csv, self._export])
 
         self.results: list[CaseResult] = []
@@ -138,7 +141,7 @@ class EvaluateWidget(Container):
             result = evaluate_arrays(pred, truth, name=name, pred_affine=pred_affine,
                                      truth_affine=truth_affine,
                                      connectivity=self._connectivity.value,
-                                     pred_label=pred_label, truth_label=truth_label)
+                                     voxelwise=self._voxelwise.value, pred_label=pred_label, truth_label=truth_label)
         except DunetError as exc:
             self._status.value = str(exc)
             show_error(str(exc))

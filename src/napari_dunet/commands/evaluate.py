@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the predictions by subject/session or file stem")
     parser.add_argument("--connectivity", type=int, choices=(6, 26), default=6,
                         help="lesion components: 6 = face neighbours (ATLAS, default), 26 (ISLES'22)")
+    parser.add_argument("--voxelwise", action="store_true",
+                        help="score masks whose affines differ voxel by voxel (with a warning); "
+                             "by default that is an error, since they are not on the same grid")
     parser.add_argument("--csv", type=Path, metavar="FILE",
                         help="write per-case rows and the summary as CSV; for folders also writes "
                              "the DSC box plot beside it as <FILE stem>_dsc.png")
@@ -74,7 +77,7 @@ def format_summary(summary: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import OutputExistsError
+    from ..errors import DunetError, OutputExistsError
     from ..evaluation import (evaluate_cohort, match_cases, plot_dsc_boxplot, report, summarize,
                               write_csv)
 
@@ -90,14 +93,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         print(" ".join(f"{title:<{w}}" if i == 0 else f"{title:>{w}}"
                        for i, (title, _, w) in enumerate(_COLUMNS)))
-    results = []
-    for result in evaluate_cohort(matching, args.connectivity):
+    results, failed = [], 0
+    for result in evaluate_cohort(matching, args.connectivity, args.voxelwise):
+        if isinstance(result, DunetError):
+            failed += 1
+            print(f"dunet evaluate: error: {result}", file=sys.stderr)
+            continue
         results.append(result)
         for note in result.notes:
             print(f"dunet evaluate: warning: {result.case}: {note}", file=sys.stderr)
         if not args.json:
             print(format_row(result.row()))
             sys.stdout.flush()
+    if not results:
+        return 2  # each case's error is printed above
     if args.json:
         print(json.dumps(report(results, matching, args.connectivity), indent=2))
     else:
@@ -109,4 +118,6 @@ def run(args: argparse.Namespace) -> int:
     if plot is not None:
         plot_dsc_boxplot(results, plot, label=args.pred.name or "prediction", overwrite=args.overwrite)
         print(f"wrote {plot}", file=sys.stderr)
-    return 0
+    if failed:
+        print(f"dunet evaluate: {len(results)} case(s) scored, {failed} failed.", file=sys.stderr)
+    return 2 if failed else 0

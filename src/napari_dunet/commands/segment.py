@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING
 from . import add_device_argument, add_dtype_argument, add_output_argument
 
 if TYPE_CHECKING:  # annotations only
+    from torch import nn
+
     from ..io import Case
+    from ..options import SegmentOptions
     from ..segmentation import SegmentationResult
 
 HELP = "Segment stroke lesions in T1 volumes (files or BIDS/ATLAS folders)."
@@ -29,16 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "slices near the threshold run again in fp32 (the fp32 mask); bf16: bf16 "
                        "only")
     parser.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    outputs = parser.add_mutually_exclusive_group()
+    outputs.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    outputs.add_argument("--skip-existing", action="store_true",
+                         help="leave cases whose outputs exist as they are (to finish a cohort "
+                              "run that was interrupted)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..errors import DunetError, InputError
-    from ..inference import prefetch
-    from ..io import find_cases, load_volume
+    from ..io import find_cases
     from ..options import SegmentOptions
-    from ..segmentation import output_paths, segment, write_outputs
+    from ..segmentation import output_paths
 
     from .. import weights as bundled
 
@@ -50,31 +56,100 @@ def run(args: argparse.Namespace) -> int:
     options = SegmentOptions(device=args.device, batch_size=args.batch_size,
                              precision=args.precision, threshold=args.threshold)
     options.check()
+    check_output_folder(args.output)
     cases = [case for item in args.inputs for case in find_cases(item)]
     names = [c.name for c in cases]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise InputError(f"several inputs would write the same output name: {', '.join(sorted(dupes))}.")
+    todo, skipped = [], []
     for case in cases:
-        for p in output_paths(args.output, case.name, args.save_prob):
-            if p is not None and p.exists() and not args.overwrite:
-                raise InputError(f"{p} exists; pass --overwrite to replace it.")
+        existing = [p for p in output_paths(args.output, case.name, args.save_prob)
+                    if p is not None and p.exists()]
+        if existing and args.skip_existing:
+            skipped.append(case.name)
+        elif existing and not args.overwrite:
+            raise InputError(f"{existing[0]} exists; pass --overwrite to replace it or "
+                             f"--skip-existing to leave it.")
+        else:
+            todo.append(case)
     model, meta = load_checkpoint(weights, device="cpu")
+    done, failed = segment_cases(todo, model, meta, options, args)
+    unrun = len(todo) - len(done) - len(failed)  # left when interrupted
+    summary = f"{len(done)} done, {len(failed)} failed, {len(skipped) + unrun} skipped"
+    if skipped:
+        summary += f" ({len(skipped)} with existing outputs)"
+    if len(cases) > 1:
+        print(f"dunet segment: {summary}" + (f"; failed: {', '.join(failed)}" if failed else "")
+              + ".", file=sys.stderr)
+    if unrun:
+        return 130
+    return 2 if failed else 0
+
+
+def check_output_folder(folder: Path) -> None:
+    """Refuse, before any work, an output that is a file or a folder this user cannot write."""
+    import os
+
+    from ..errors import InputError
+
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file, not a folder; give a folder for the output.")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write in {existing}: permission denied; choose another "
+                         f"output folder.")
+
+
+def segment_cases(cases: list[Case], model: nn.Module, meta: dict, options: SegmentOptions,
+                  args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Segment every case, printing one row per case and one error line per failed case; a
+    failed case does not stop the others. Returns the names done and failed (on Ctrl-C, the
+    cases so far)."""
+    from ..errors import DunetError
+    from ..inference import prefetch
+    from ..io import load_volume
+    from ..segmentation import out_of_memory, segment, write_outputs
+
     scored = any(case.masks for case in cases)  # reference masks beside the inputs: score them
     score_titles = f" {'DSC':>6} {'prec.':>6} {'recall':>6} {'true mL':>8}" if scored else ""
     print(f"{'case':<32} {'lesion mL':>10}{score_titles}  mask")
-    # the next scans are read and decompressed while the network runs on this one
-    for case, volume in prefetch(cases, lambda c: load_volume(c.image)):
-        if isinstance(volume, Exception):
-            raise volume
-        result = write_outputs(segment(volume, model, meta, options), args.output, case.name,
-                               save_prob=args.save_prob, overwrite=args.overwrite)
-        for note in result.notes:
-            print(f"dunet segment: warning: {case.name}: {note}", file=sys.stderr)
-        scores = score_case(case, result) if scored else ""
-        print(f"{case.name:<32} {result.lesion_ml:>10.2f}{scores}  {result.mask_path}")
-        sys.stdout.flush()
-    return 0
+    done, failed = [], []
+    try:
+        # the next scans are read and decompressed while the network runs on this one
+        for case, volume in prefetch(cases, lambda c: load_volume(c.image)):
+            try:
+                if isinstance(volume, MemoryError):
+                    raise out_of_memory(case.image, options.batch_size, _shape(case.image))
+                if isinstance(volume, Exception):
+                    raise volume
+                result = write_outputs(segment(volume, model, meta, options), args.output,
+                                       case.name, save_prob=args.save_prob,
+                                       overwrite=args.overwrite)
+            except Exception as exc:  # noqa: BLE001 - one case's failure must not end a cohort
+                failed.append(case.name)
+                problem = (str(exc) if isinstance(exc, DunetError) else
+                           f"{case.image}: unexpected {type(exc).__name__} ({exc}); please report it")
+                print(f"dunet segment: error: {problem}", file=sys.stderr)
+                continue
+            done.append(case.name)
+            for note in result.notes:
+                print(f"dunet segment: warning: {case.name}: {note}", file=sys.stderr)
+            scores = score_case(case, result) if scored else ""
+            print(f"{case.name:<32} {result.lesion_ml:>10.2f}{scores}  {result.mask_path}")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("dunet segment: interrupted", file=sys.stderr)
+    return done, failed
+
+
+def _shape(path: Path) -> tuple[int, ...] | None:
+    import nibabel as nib
+
+    try:
+        return tuple(nib.load(str(path)).shape)
+    except Exception:  # the shape only makes the message more useful
+        return None
 
 
 def score_case(case: Case, result: SegmentationResult) -> str:

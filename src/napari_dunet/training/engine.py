@@ -307,11 +307,11 @@ class _Trainer:
     def _write(self, path: Path, write: Callable[[], Path]) -> None:
         try:
             write()
-        except OSError as exc:
+        except (OSError, InputError) as exc:  # io.atomic_write words an OSError as InputError
             kept = (f"the previous {path.name} is unchanged" if path.exists()
                     else "nothing was written")
-            raise CheckpointError(f"cannot write {path} after epoch {self.epoch} ({exc}); "
-                                  f"{kept}.") from exc
+            raise CheckpointError(f"cannot write {path} after epoch {self.epoch} "
+                                  f"({exc.__cause__ or exc}); {kept}.") from exc
 
     def _metadata(self) -> dict[str, Any]:
         meta = default_metadata(self.config.model)
