@@ -70,7 +70,7 @@ def test_two_labels_layers_give_the_metrics_table(widget, shown):
     assert table["HD95 (mm)"] == [pytest.approx(expected.hd95_mm)]
     assert table["Reference volume (mL)"] == [pytest.approx(truth.sum() * 3 / 1000)]
     assert table["Volume difference (voxels)"] == [0]
-    assert w.case_table.column_headers == ("tracing",)
+    assert w.case_table.column_headers == ("tracing (network)",)
     assert shown["error"] == [] and shown["warning"] == []
 
 
@@ -84,15 +84,22 @@ def test_session_list_keeps_cases_with_mean_sd_and_median(widget):
     dsc = [r.metrics.dsc for r in w.results]
     assert dsc[0] == 1.0 and dsc[0] > dsc[1] > dsc[2]
     rows = table_dict(w.session_table)
-    assert list(rows) == ["ref a", "ref b", "ref c", "mean \u00b1 SD", "median", "global DSC"]
+    assert list(rows) == ["ref a (pred a)", "ref b (pred b)", "ref c (pred c)", "mean \u00b1 SD",
+                          "median", "global DSC"]
     assert rows["mean \u00b1 SD"][0] == f"{np.mean(dsc):.4f} \u00b1 {np.std(dsc, ddof=1):.4f}"
     assert rows["median"][0] == pytest.approx(np.median(dsc))
-    # evaluating a case again (after a correction) replaces its row
+    # the same prediction again (after a correction) replaces its row
     viewer.layers["pred c"].data = cube()
     w._truth.value, w._pred.value = viewer.layers["ref c"], viewer.layers["pred c"]
     w.evaluate()
-    assert [r.case for r in w.results] == ["ref a", "ref b", "ref c"]
-    assert table_dict(w.session_table)["ref c"][0] == 1.0
+    assert [r.case for r in w.results] == ["ref a (pred a)", "ref b (pred b)", "ref c (pred c)"]
+    assert table_dict(w.session_table)["ref c (pred c)"][0] == 1.0
+    # another prediction of the same case (the raw network mask) gets its own row
+    viewer.add_labels(cube(shift=2), name="raw c")
+    w._truth.value, w._pred.value = viewer.layers["ref c"], viewer.layers["raw c"]
+    w.evaluate()
+    rows = table_dict(w.session_table)
+    assert rows["ref c (pred c)"][0] == 1.0 and rows["ref c (raw c)"][0] < 1.0
     w.clear()
     assert w.results == [] and w.session_table.row_headers == ()
 
@@ -110,7 +117,7 @@ def test_layers_read_from_nifti_use_the_file_geometry(widget, tmp_path, shown):
     assert w._pred_file.visible and not w._truth_file.visible
     result = w.evaluate()
     expected = evaluate_files([pred_path], [truth_path])
-    assert result.case == "sub-01"
+    assert result.case == "sub-01 (sub-01_pred_mask.nii.gz)"
     assert result.metrics.dsc == pytest.approx(expected.metrics.dsc) and result.metrics.dsc < 1
     assert result.metrics.hd95_mm == pytest.approx(expected.metrics.hd95_mm)
     assert result.metrics.truth_ml == pytest.approx(cube().sum() * 3 / 1000)
@@ -124,7 +131,8 @@ def test_file_inputs(widget, tmp_path):
     w._truth.value = w._pred.value = FROM_FILE
     w._truth_file.value, w._pred_file.value = truth, pred
     result = w.evaluate()
-    assert result.row() == evaluate_files([pred], [truth]).row()
+    expected = evaluate_files([pred], [truth]).row()
+    assert result.row() == {**expected, "case": "t (p_mask.nii.gz)"}
 
 
 def test_shape_mismatch_is_shown_and_nothing_is_recorded(widget, shown):
@@ -179,7 +187,7 @@ def test_export_csv_never_replaces_a_file(widget, tmp_path, shown):
     path = w.export_csv(tmp_path / "session.csv")
     assert path.read_text() == csv_text(w.results)
     rows = list(csv.DictReader(path.open()))
-    assert rows[0]["case"] == "tracing" and float(rows[0]["dsc"]) == pytest.approx(w.results[0].metrics.dsc)
+    assert rows[0]["case"] == "tracing (network)" and float(rows[0]["dsc"]) == pytest.approx(w.results[0].metrics.dsc)
     path.write_text("keep me")
     assert w.export_csv(path) is None and path.read_text() == "keep me"
     assert "exists" in shown["error"][-1]

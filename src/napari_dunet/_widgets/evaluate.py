@@ -13,13 +13,14 @@ from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, Table
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, PushButton, Table
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..errors import DunetError, InputError
 from ..evaluation import (CaseResult, evaluate_arrays, load_mask_files, summarize, write_csv)
 from ..io import case_name
 from ..layers import native_volume, same_grid_kwargs
+from .layout import Panel, elided_label
 
 FROM_FILE = "(NIfTI file)"
 #: (row title, CaseResult.row() key) of the metrics table.
@@ -46,7 +47,17 @@ def _mean_sd(mean: float, sd: float) -> str:
     return "-" if math.isnan(mean) else f"{mean:.4f}" + ("" if math.isnan(sd) else f" \u00b1 {sd:.4f}")
 
 
-class EvaluateWidget(Container):
+def show_every_row(table: Any) -> None:
+    """Size a QTableWidget's columns to their contents and its height to all of its rows (the
+    panel scrolls, the table does not)."""
+    table.resizeColumnsToContents()
+    rows = sum(table.rowHeight(r) for r in range(table.rowCount()))
+    scroll_bar = table.horizontalScrollBar().sizeHint().height()
+    table.setMinimumHeight(table.horizontalHeader().height() + rows + scroll_bar
+                           + 2 * table.frameWidth())
+
+
+class EvaluateWidget(Panel):
     """Compare a predicted lesion mask with a reference mask (Labels layers or NIfTI files)."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -67,7 +78,7 @@ class EvaluateWidget(Container):
             "Score masks whose affines differ voxel by voxel (otherwise an error: they are not "
             "on the same grid in world space)"))
         self._evaluate = PushButton(text="Evaluate")
-        self._status = Label(value="")
+        self._status = elided_label(value="")
         self.case_table = Table(value={"data": [], "index": [], "columns": ["value"]},
                                 label="Last case")
         self.session_table = Table(value={"data": [], "index": [], "columns": []},
@@ -80,6 +91,7 @@ class EvaluateWidget(Container):
         self.extend([self._pred, self._pred_file, self._truth, self._truth_file,
                      self._connectivity, self._voxelwise, self._evaluate, self._status, self.case_table,
                      self.session_table, self._clear, self._csv, self._export])
+        self.fit()
 
         self.results: list[CaseResult] = []
         self._pred.changed.connect(self._toggle_files)
@@ -138,10 +150,14 @@ class EvaluateWidget(Container):
                 self._truth.value, self._truth_file, "reference")
             if self._pred.value is self._truth.value and self._pred.value != FROM_FILE:
                 raise InputError("The prediction and the reference are the same layer.")
-            result = evaluate_arrays(pred, truth, name=name, pred_affine=pred_affine,
-                                     truth_affine=truth_affine,
+            # one session row per prediction: the raw and the corrected mask of a case side by side
+            source = (Path(self._pred_file.value).name if self._pred.value == FROM_FILE
+                      else self._pred.value.name)
+            result = evaluate_arrays(pred, truth, name=f"{name} ({source})",
+                                     pred_affine=pred_affine, truth_affine=truth_affine,
                                      connectivity=self._connectivity.value,
-                                     voxelwise=self._voxelwise.value, pred_label=pred_label, truth_label=truth_label)
+                                     voxelwise=self._voxelwise.value, pred_label=pred_label,
+                                     truth_label=truth_label)
         except DunetError as exc:
             self._status.value = str(exc)
             show_error(str(exc))
@@ -208,4 +224,4 @@ class EvaluateWidget(Container):
         self.session_table.value = {"data": data, "index": index,
                                     "columns": [title for title, _ in SESSION_COLUMNS]}
         for table in (self.case_table, self.session_table):
-            table.native.resizeColumnsToContents()
+            show_every_row(table.native)

@@ -17,8 +17,8 @@ from typing import Any, Generator
 
 import napari
 import numpy as np
-from magicgui.widgets import (ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar,
-                              PushButton, Select, SpinBox)
+from magicgui.widgets import (ComboBox, FileEdit, LineEdit, ProgressBar, PushButton,
+                              Select, SpinBox)
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import model_store
@@ -27,6 +27,7 @@ from ..io import Case, Volume
 from ..layers import layer_volume, same_grid_kwargs
 from ..options import DEVICES, LOSSES
 from ..training.config import TrainConfig
+from .layout import Panel, elided_label
 from .runner import JobRunner, failure
 
 MODEL_FOLDER = Path.home() / "napari-dunet" / "models"
@@ -87,7 +88,7 @@ def finetune_events(job: FinetuneJob, cancel: Any = None) -> Generator[Any, None
                                        init=job.init, cancel=cancel))
 
 
-class FinetuneWidget(Container):
+class FinetuneWidget(Panel):
     """Fine-tune the current segmentation model on corrected lesion masks."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -96,7 +97,7 @@ class FinetuneWidget(Container):
         defaults = TrainConfig()
         self._image = ComboBox(label="Image", choices=self._choices(napari.layers.Image),
                                tooltip="A 3D T1-weighted Image layer")
-        self._mask = ComboBox(label="Corrected mask", choices=self._choices(napari.layers.Labels),
+        self._mask = ComboBox(label="Mask", choices=self._choices(napari.layers.Labels),
                               tooltip="The lesion Labels layer you corrected on that image")
         self._add_pair = PushButton(text="Add pair")
         self._add_folder = PushButton(text="Add folder...",
@@ -109,7 +110,7 @@ class FinetuneWidget(Container):
                             tooltip="Adam learning rate")
         self._loss = ComboBox(label="Loss", choices=LOSSES, value=defaults.loss,
                               tooltip="eml: the paper's enhanced mixing loss")
-        self._val = SpinBox(label="Validation pairs", value=0, min=0, max=100,
+        self._val = SpinBox(label="Validation", value=0, min=0, max=100,
                             tooltip="Pairs held out to measure DSC after every epoch")
         self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self._out = FileEdit(label="Save to", mode="w", filter="*.safetensors",
@@ -117,12 +118,13 @@ class FinetuneWidget(Container):
         self._start = PushButton(text="Start")
         self._stop = PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1)
-        self._status = Label(label="Status", value="idle")
+        self._status = elided_label(label="Status", value="idle")
         self.extend([self._image, self._mask, self._add_pair, self._add_folder, self._pairs,
                      self._remove, self._epochs, self._lr, self._loss, self._val, self._device,
                      self._out, self._start, self._stop, self._progress, self._status])
         self._plot = TrainingPlot()
-        self.native.layout().addWidget(self._plot.canvas)
+        self.add_native(self._plot.canvas)
+        self.fit()
 
         #: extra ``TrainConfig`` fields (e.g. ``batch_size``, ``input_size``) for scripting
         self.config_overrides: dict[str, Any] = {}

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import napari
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label,
+from magicgui.widgets import (CheckBox, ComboBox, FileEdit, FloatSlider,
                               ProgressBar, PushButton, RadioButtons)
 from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import ensure_main_thread
@@ -25,6 +25,7 @@ from ..errors import DunetError, InputError
 from ..io import Volume, strip_nifti_suffix
 from ..layers import LABEL_COLORS, has_nifti_metadata, layer_volume, same_grid_kwargs
 from ..options import DEVICES, SegmentOptions
+from .layout import Panel, elided_label
 from .runner import JobRunner, failure
 
 WHOLE, CURRENT_SLICE = "whole volume", "current slice"
@@ -95,7 +96,7 @@ class _Result:
         return not np.array_equal(np.asarray(self.labels.data), self.mask())
 
 
-class SegmentWidget(Container):
+class SegmentWidget(Panel):
     """Segment a stroke lesion in a 3D T1 Image layer with the current D-UNet checkpoint."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -109,7 +110,6 @@ class SegmentWidget(Container):
                                  tooltip="D-UNet checkpoint (.safetensors); default: bundled weights")
         self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self._scope = RadioButtons(label="Segment", choices=(WHOLE, CURRENT_SLICE), value=WHOLE,
-                                   orientation="horizontal",
                                    tooltip="'current slice': only the axial slice at the cursor")
         self._threshold = FloatSlider(label="Threshold", min=0.01, max=0.99, step=0.01, value=0.5,
                                       tracking=False,
@@ -118,12 +118,13 @@ class SegmentWidget(Container):
         self._run = PushButton(text="Segment lesion")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
-        self._summary = Label(label="Lesion", value="-")
+        self._summary = elided_label(label="Lesion", value="-")
         self._save = PushButton(text="Save mask...", tooltip="Write the lesion layer as NIfTI, "
                                 "aligned with the scan it was drawn on")
         self.extend([self._image, self._weights, self._device, self._scope, self._threshold,
                      self._show_probability, self._run, self._cancel, self._progress,
                      self._summary, self._save])
+        self.fit()
 
         self._last: _Result | None = None
         self._running: tuple[Any, SegmentJob] | None = None  # (image layer, job) of the run
