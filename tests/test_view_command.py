@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import napari
 import pytest
 from napari.layers import Image, Labels
@@ -62,3 +65,39 @@ def test_view_refuses_bad_files_before_opening_a_window(launched, tmp_path, caps
     assert "missing.nii.gz: no such file" in capsys.readouterr().err
     code, viewer = launched("--weights", tmp_path / "none.safetensors")
     assert code == 2 and viewer is None
+
+
+def test_without_a_qt_binding_view_says_how_to_install_one(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "qtpy", None)  # `import qtpy` raises ImportError
+    assert main(["view"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and 'pip install "napari-dunet[viewer]"' in err
+
+
+@pytest.mark.slow
+def test_dunet_view_opens_a_window_and_closes(tmp_path):
+    """The console command as a user starts it (under the test display), then closed."""
+    proc = subprocess.Popen([sys.executable, "-m", "napari_dunet.cli", "view"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("dunet view: napari is open"), proc.stderr.read()
+        assert proc.poll() is None  # the window is up and the event loop runs
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_the_readme_install_command_brings_a_qt_binding():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    first = next(line for line in (root / "README.md").read_text().splitlines()
+                 if line.startswith("pip install"))
+    extras = re.search(r'-e "\.\[([a-z,]+)\]"', first).group(1).split(",")
+    optional = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    required = [req for extra in extras for req in optional[extra]]
+    assert any(re.match(r"napari\[(pyqt5|pyqt6|pyside2|pyside6)\]", req) for req in required)

@@ -33,3 +33,16 @@ def add_dtype_argument(parser: argparse.ArgumentParser, **kwargs) -> None:
     group.add_argument("--dtype", dest="precision", choices=PRECISIONS, default="auto", **kwargs)
     group.add_argument("--precision", dest="precision", choices=PRECISIONS,
                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def require_qt() -> None:
+    """Raise ``DunetError`` with the install command when napari has no Qt binding to open a
+    window with (``pip install napari`` alone brings none)."""
+    from ..errors import DunetError
+
+    try:
+        import qtpy  # noqa: F401 - raises when no binding (PyQt5/6, PySide2/6) is installed
+    except ImportError as exc:
+        raise DunetError("napari needs a Qt binding to open a window and none is installed: "
+                         "pip install \"napari-dunet[viewer]\" (PyQt6), or pip install "
+                         "\"napari[pyside6]\" for PySide6.") from exc

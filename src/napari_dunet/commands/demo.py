@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import add_device_argument, add_output_argument
+from . import add_device_argument, add_output_argument, require_qt
 
 HELP = ("Segment a sample stroke case end to end: writes the mask, an overlay PNG and the metrics "
         "against the known lesion, and shows them in napari.")
@@ -161,6 +161,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"DSC {m.dsc:.3f}  precision {m.precision:.3f}  recall {m.recall:.3f}  "
           f"lesion volume {m.pred_ml:.1f} mL (known {m.truth_ml:.1f} mL)")
     if args.no_viewer or not has_display():
+        return 0
+    try:
+        require_qt()
+    except DunetError as exc:  # the outputs are written: say how to see them in napari
+        print(f"dunet demo: not opening napari: {exc}", file=sys.stderr)
         return 0
     show_in_napari(image, truth, mask)
     return 0

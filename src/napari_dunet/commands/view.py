@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import require_qt
+
 HELP = "Open napari with T1 scans or masks (default: the bundled sample) and Segment lesion."
 
 
@@ -42,8 +44,10 @@ def open_viewer(files: list[Path], weights: Path | None = None, show: bool = Tru
 
 
 def run(args: argparse.Namespace) -> int:
+    require_qt()
     import napari
 
     open_viewer(args.files, args.weights)
+    print("dunet view: napari is open; close its window to quit.", flush=True)
     napari.run()
     return 0
