@@ -177,6 +177,34 @@ def test_current_slice_segments_the_axial_slice_at_the_cursor(
     assert any("does not show axial slices" in note for note in notes["info"])
 
 
+def test_a_current_slice_preview_never_replaces_the_whole_volume_result(
+        make_napari_viewer, qtbot, fast_model, notes, tmp_path):
+    from napari_dunet.layers import PREDICTION_COLORS, PREVIEW_COLORS, TRACING_COLORS
+
+    viewer = make_napari_viewer()
+    image, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz"))
+    mask_path = tmp_path / "t1_label-L_mask.nii.gz"
+    nib.save(nib.Nifti1Image(make_head()[1], nib.load(tmp_path / "t1.nii.gz").affine), mask_path)
+    tracing, = viewer.open(mask_path, plugin="napari-dunet")
+    run_and_wait(qtbot, widget)
+    whole = viewer.layers["t1 lesion"]
+    full_mask = np.asarray(whole.data).copy()
+    assert np.count_nonzero(full_mask.any(axis=(0, 1))) > 1
+    widget._scope.value = CURRENT_SLICE
+    for z in (6, 4):  # a second preview replaces the first, not the whole-volume result
+        viewer.dims.set_point(2, image.data_to_world([0, 0, z])[2])
+        run_and_wait(qtbot, widget)
+        assert np.array_equal(whole.data, full_mask)
+        preview = viewer.layers["t1 lesion preview"]
+        assert list(np.flatnonzero(np.asarray(preview.data).any(axis=(0, 1)))) == [z]
+    assert [layer.name for layer in labels_layers(viewer)] == [
+        "t1_label-L_mask", "t1 lesion", "t1 lesion preview"]
+    colours = [tuple(np.round(layer.colormap.map(np.array([1]))[0], 3))
+               for layer in (tracing, whole, preview)]
+    assert len(set(colours)) == 3  # tracing, prediction and preview each in their own colour
+    assert PREDICTION_COLORS[1] != PREVIEW_COLORS[1] != TRACING_COLORS[1]
+
+
 def test_cancel_mid_run_adds_no_layer(make_napari_viewer, qtbot, fast_model, notes, tmp_path,
                                       monkeypatch):
     viewer = make_napari_viewer()

@@ -28,7 +28,11 @@ from .geometry import ras_ornt, voxel_sizes
 from .io import Volume, is_mask_name, strip_nifti_suffix
 
 NIFTI_KEYS = ("affine", "header", "path", "native_shape", "to_display")
-LABEL_COLORS = {0: "transparent", 1: "#ff4040", None: "#ffd000"}  # lesion red, other labels amber
+#: Labels colours: the network's lesion red, a current-slice preview amber, a mask opened from a
+#: file (a manual tracing, a saved correction) green, as in the overlay figures
+PREDICTION_COLORS = {0: "transparent", 1: "#ff4040", None: "#ff4040"}
+PREVIEW_COLORS = {0: "transparent", 1: "#ffb000", None: "#ffb000"}
+TRACING_COLORS = {0: "transparent", 1: "#33ff33", None: "#33ff33"}
 
 
 def to_display_ornt(affine: np.ndarray) -> np.ndarray:
@@ -90,7 +94,7 @@ def layer_data(volume: Volume, kind: str = "image", name: str | None = None,
         layer_kwargs.update(colormap="gray", contrast_limits=contrast_limits(data))
     else:
         data = as_label_array(data)
-        layer_kwargs.update(opacity=0.6, colormap=LABEL_COLORS)
+        layer_kwargs.update(opacity=0.6, colormap=TRACING_COLORS)
     layer_kwargs.update(kwargs)
     return np.ascontiguousarray(data), layer_kwargs, kind
 

@@ -23,7 +23,8 @@ from superqt.utils import ensure_main_thread
 from .. import model_store
 from ..errors import DunetError, InputError
 from ..io import Volume, strip_nifti_suffix
-from ..layers import LABEL_COLORS, has_nifti_metadata, layer_volume, same_grid_kwargs
+from ..layers import (PREDICTION_COLORS, PREVIEW_COLORS, has_nifti_metadata, layer_volume,
+                      same_grid_kwargs)
 from ..options import DEVICES, SegmentOptions
 from .layout import Panel, elided_label
 from .runner import JobRunner, failure
@@ -86,6 +87,11 @@ class _Result:
     threshold: float
     slice_range: tuple[int, int] | None
 
+    @property
+    def preview(self) -> bool:
+        """A current-slice run (it has its own layer)."""
+        return self.slice_range is not None
+
     def mask(self) -> np.ndarray:
         from ..segmentation import threshold_mask
 
@@ -126,7 +132,8 @@ class SegmentWidget(Panel):
                      self._summary, self._save])
         self.fit()
 
-        self._last: _Result | None = None
+        self._last: _Result | None = None  # the latest run, which the threshold slider changes
+        self._results: dict[tuple[Any, bool], _Result] = {}  # (image, preview) -> latest run
         self._running: tuple[Any, SegmentJob] | None = None  # (image layer, job) of the run
         self._runner = JobRunner(self, self._set_running)
         self._axial_view_set = False
@@ -250,8 +257,8 @@ class SegmentWidget(Panel):
                 self._threshold.value = segmented.threshold
         result = _Result(image, None, job.volume, segmented.probability,
                          float(self._threshold.value), segmented.slice_range)
-        result.labels = self._labels_for(image, result.mask())
-        self._last = result
+        result.labels = self._labels_for(result)
+        self._last = self._results[(image, result.preview)] = result
         if self._show_probability.value or self._probability_layer(image) is not None:
             self._update_probability(image, segmented.probability)
         self._viewer.layers.selection.active = result.labels
@@ -260,21 +267,25 @@ class SegmentWidget(Panel):
             show_info(note)
 
     # -- results ---------------------------------------------------------------------------
-    def _labels_for(self, image: Any, mask: np.ndarray) -> Any:
-        """The previous result layer if it is unedited (its data replaced), else a new layer."""
-        last = self._last
-        if (last is not None and last.image is image and last.labels in self._viewer.layers
-                and not last.edited()):
+    def _labels_for(self, result: _Result) -> Any:
+        """The layer of the previous result of the same scope (whole volume, or current-slice
+        preview) if it is unedited (its data replaced), else a new layer: a preview never
+        replaces a whole-volume result."""
+        image, mask = result.image, result.mask()
+        last = self._results.get((image, result.preview))
+        if last is not None and last.labels in self._viewer.layers and not last.edited():
             last.labels.data = mask
             return last.labels
+        name = f"{image.name} lesion" + (" preview" if result.preview else "")
         labels = self._viewer.add_labels(
-            mask, name=f"{image.name} lesion", opacity=0.6,
-            metadata={**image.metadata, ROLE: "lesion mask", "source_layer": image.name},
+            mask, name=name, opacity=0.6,
+            metadata={**image.metadata, ROLE: "lesion preview" if result.preview else "lesion mask",
+                      "source_layer": image.name},
             **same_grid_kwargs(image))
-        if last is not None and last.labels in self._viewer.layers and last.image is image:
+        if last is not None and last.labels in self._viewer.layers:
             show_info(f"'{last.labels.name}' has your edits, so it was kept; the new result "
                       f"is '{labels.name}'.")
-        ready_to_paint(labels)
+        ready_to_paint(labels, PREVIEW_COLORS if result.preview else PREDICTION_COLORS)
         labels.events.paint.connect(self._report)
         return labels
 
@@ -373,9 +384,10 @@ def _transform(layer: Any) -> dict[str, Any]:
     return kwargs
 
 
-def ready_to_paint(labels: Any) -> None:
-    """Lesion in red, label 1 selected, a 5 mm brush, paint mode (Ctrl+Z undoes a stroke)."""
-    labels.colormap = LABEL_COLORS
+def ready_to_paint(labels: Any, colors: dict = PREDICTION_COLORS) -> None:
+    """Lesion in the network's red (or ``colors``), label 1 selected, a 5 mm brush, paint mode
+    (Ctrl+Z undoes a stroke)."""
+    labels.colormap = colors
     labels.selected_label = 1
     labels.brush_size = BRUSH_MM
     labels.mode = "paint"

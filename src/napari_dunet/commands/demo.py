@@ -21,7 +21,6 @@ HELP = ("Segment a sample stroke case end to end: writes the mask, an overlay PN
         "against the known lesion, and shows them in napari.")
 QUICK_SLICES = 4
 NAME = "demo"
-TRUTH_COLORS = {0: "transparent", 1: "#33ff33", None: "#33ff33"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,12 +176,11 @@ def show_in_napari(image, truth, mask) -> None:
     from napari.layers import Layer
 
     from ..io import Volume
-    from ..layers import layer_data
+    from ..layers import PREDICTION_COLORS, layer_data
 
     viewer = napari.Viewer(title="napari-dunet demo")
     viewer.add_layer(Layer.create(*layer_data(image, "image", name="sample T1")))
-    viewer.add_layer(Layer.create(*layer_data(truth, "labels", name="known lesion", opacity=0.4,
-                                              colormap=TRUTH_COLORS)))
+    viewer.add_layer(Layer.create(*layer_data(truth, "labels", name="known lesion", opacity=0.4)))
     viewer.add_layer(Layer.create(*layer_data(Volume(mask, image.affine, image.header), "labels",
-                                              name="D-UNet lesion")))
+                                              name="D-UNet lesion", colormap=PREDICTION_COLORS)))
     napari.run()
