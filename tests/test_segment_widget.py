@@ -215,15 +215,32 @@ def test_cancel_mid_run_adds_no_layer(make_napari_viewer, qtbot, fast_model, not
     def first_batch_done(done, total):
         seen.append((done, total))
         widget.cancel()
+        seen.append(widget._progress.native.text())  # acknowledged before the batch ends
         gate.set()
 
     monkeypatch.setattr(widget, "_show_progress", first_batch_done)
     layers_before = list(viewer.layers)
     run_and_wait(qtbot, widget)
-    assert len(seen) == 1 and 0 < seen[0][0] < seen[0][1] == 40  # stopped part way
+    assert len(seen) == 2 and 0 < seen[0][0] < seen[0][1] == 40  # stopped part way
+    assert seen[1] == "cancelling..."
     assert list(viewer.layers) == layers_before
     assert notes["info"] == ["Segmentation cancelled; no layer was added."]
     assert widget._run.enabled and not widget._cancel.enabled
+
+
+def test_progress_counts_slices_a_few_at_a_time_on_a_cpu(make_napari_viewer, qtbot, fast_model,
+                                                         tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz", shape=(40, 48, 20)))
+    widget._device.value = "cpu"
+    seen = []
+    real = widget._show_progress
+    monkeypatch.setattr(widget, "_show_progress", lambda done, total: (
+        seen.append((done, total, widget._progress.native.text())), real(done, total)))
+    run_and_wait(qtbot, widget)
+    steps = np.diff([0] + [done for done, _, _ in seen])
+    assert seen[-1][:2] == (20, 20) and steps.max() <= segment.CPU_BATCH
+    assert seen[-1][2].endswith("/ 20 slices")
 
 
 def test_closing_napari_mid_run_stops_the_run_cleanly(make_napari_viewer, qtbot, fast_model,

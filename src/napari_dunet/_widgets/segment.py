@@ -31,6 +31,9 @@ from .runner import JobRunner, failure
 
 WHOLE, CURRENT_SLICE = "whole volume", "current slice"
 BRUSH_MM = 5.0
+#: stacks per batch on a CPU: a batch of 2 took 0.3 s and a batch of 16 took 3.4 s on a 2-core
+#: CPU at the same throughput, so progress moves and Cancel takes effect within a second
+CPU_BATCH = 2
 ROLE = "dunet_role"  # metadata key marking the layers this widget made
 
 
@@ -62,6 +65,8 @@ def segment_job(job: SegmentJob, progress: Callable[[int, int], None] | None = N
     checkpoint = model_store.current_checkpoint()
     model, metadata = model_store.load_model(device)
     options, notes = job.options, []
+    if device.type == "cpu":
+        options = dataclasses.replace(options, batch_size=min(options.batch_size, CPU_BATCH))
     if job.point is not None:
         geometry = SliceGeometry.for_volume(job.volume.data.shape, job.volume.affine)
         first = geometry.axial_slice_at(job.point)
@@ -124,6 +129,7 @@ class SegmentWidget(Panel):
         self._run = PushButton(text="Segment lesion")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
+        self._progress.native.setFormat("%v / %m slices")
         self._summary = elided_label(label="Lesion", value="-")
         self._save = PushButton(text="Save mask...", tooltip="Write the lesion layer as NIfTI, "
                                 "aligned with the scan it was drawn on")
@@ -225,15 +231,19 @@ class SegmentWidget(Panel):
                            returned=self._finished_run, errored=self._failed)
 
     def cancel(self) -> None:
-        """Ask the running segmentation to stop; no layer is added."""
+        """Ask the running segmentation to stop (after the current batch); no layer is added."""
+        if self._runner.worker is None:
+            return
         self._runner.stop()
         self._cancel.enabled = False
+        self._progress.native.setFormat("cancelling...")
 
     def _set_running(self, running: bool) -> None:
         self._run.enabled = not running
         self._cancel.enabled = running
         self._progress.visible = running
         self._progress.value = 0
+        self._progress.native.setFormat("%v / %m slices")
 
     def _show_progress(self, done: int, total: int) -> None:
         if not self._runner.alive:
