@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import nibabel as nib
 import nibabel.orientations as nio
@@ -441,3 +442,27 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu(make_napari_viewer, qtbot, fast
     assert notes["error"] == []
     assert any("ran out of memory" in note and "CPU" in note for note in notes["info"])
     assert len(labels_layers(viewer)) == 1
+
+
+def test_save_starts_beside_the_scan_and_bundled_weights_are_one_click_away(
+        make_napari_viewer, random_checkpoint, tmp_path):
+    from napari_dunet import weights
+    from napari_dunet._sample_data import SAMPLE_IMAGE
+    from napari_dunet._widgets.segment import save_folder
+
+    assert save_folder(str(tmp_path / "sub-01_T1w.nii.gz")) == tmp_path
+    assert save_folder(str(SAMPLE_IMAGE)) == Path.home()  # not inside the installed package
+    assert save_folder(None) == Path.home()
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    try:
+        button = widget._bundled.native  # shown or hidden (the viewer's window is not shown)
+        assert button.isHidden()
+        model_store.set_checkpoint(random_checkpoint)  # e.g. the Fine-tune panel's result
+        assert not button.isHidden() and Path(widget._weights.value) == random_checkpoint
+        button.click()
+        assert model_store.current_checkpoint() == weights.default_checkpoint()
+        assert button.isHidden()
+    finally:
+        model_store.set_checkpoint(None)

@@ -36,6 +36,13 @@ def current_checkpoint() -> Path | None:
     return weights.default_checkpoint()
 
 
+def using_default() -> bool:
+    """True while the current checkpoint is the bundled default weights."""
+    from . import weights
+
+    return _state["path"] is None or _state["path"] == weights.default_checkpoint()
+
+
 def set_checkpoint(path: str | os.PathLike | None, *, model: Any = None,
                    metadata: dict[str, Any] | None = None) -> None:
     """Make ``path`` the current checkpoint (None: back to the default) and tell the listeners.

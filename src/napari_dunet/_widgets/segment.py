@@ -119,6 +119,8 @@ class SegmentWidget(Panel):
         self._weights = FileEdit(label="Weights", mode="r", filter="*.safetensors",
                                  value=current or "",
                                  tooltip="D-UNet checkpoint (.safetensors); default: bundled weights")
+        self._bundled = PushButton(text="Use the bundled weights", visible=False,
+                                   tooltip="Back to the default weights shipped with the plugin")
         self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self._scope = RadioButtons(label="Segment", choices=(WHOLE, CURRENT_SLICE), value=WHOLE,
                                    tooltip="'current slice': only the axial slice at the cursor")
@@ -133,7 +135,7 @@ class SegmentWidget(Panel):
         self._summary = elided_label(label="Lesion", value="-")
         self._save = PushButton(text="Save mask...", tooltip="Write the lesion layer as NIfTI, "
                                 "aligned with the scan it was drawn on")
-        self.extend([self._image, self._weights, self._device, self._scope, self._threshold,
+        self.extend([self._image, self._weights, self._bundled, self._device, self._scope, self._threshold,
                      self._show_probability, self._run, self._cancel, self._progress,
                      self._summary, self._save])
         self.fit()
@@ -149,12 +151,14 @@ class SegmentWidget(Panel):
         self._cancel.changed.connect(self.cancel)
         self._threshold.changed.connect(self._rethreshold)
         self._weights.changed.connect(self._weights_chosen)
+        self._bundled.changed.connect(lambda: model_store.set_checkpoint(None))
         self._save.changed.connect(self._save_clicked)
         events = viewer.layers.events
         self._layer_events = (events.inserted, events.removed, events.moved)
         for event in self._layer_events:
             event.connect(self._layers_changed)
         self._unsubscribe = model_store.subscribe(self._checkpoint_changed)
+        self._bundled.visible = not model_store.using_default()
         self.native.destroyed.connect(self._closed)
         self._layers_changed()
         if viewer.layers.selection.active in self._image.choices:
@@ -182,6 +186,7 @@ class SegmentWidget(Panel):
     def _checkpoint_changed(self, path: Path | None) -> None:
         with self._weights.changed.blocked():
             self._weights.value = path or model_store.current_checkpoint() or ""
+        self._bundled.visible = not model_store.using_default()
 
     def _closed(self, *_: Any) -> None:
         """The panel was closed (the runner stops a run): stop listening to the viewer."""
@@ -357,7 +362,7 @@ class SegmentWidget(Panel):
                          "Labels layer.")
             return
         source = layer.metadata.get("path")
-        folder = Path(source).parent if source else Path.cwd()
+        folder = save_folder(source)
         stem = strip_nifti_suffix(source) if source else layer.name.replace(" ", "_")
         path, _ = QFileDialog.getSaveFileName(
             self.native, "Save lesion mask", str(folder / f"{stem}_lesion_mask.nii.gz"),
@@ -385,6 +390,15 @@ class SegmentWidget(Panel):
             return None
         show_info(f"Saved {written}")
         return written
+
+
+def save_folder(source: str | None) -> Path:
+    """Where "Save mask..." starts: beside the scan, unless the scan is the plugin's own sample
+    (inside the installed package) or has no file; then the home folder."""
+    package = Path(__file__).resolve().parents[1]
+    if source and package not in Path(source).resolve().parents:
+        return Path(source).parent
+    return Path.home()
 
 
 def _transform(layer: Any) -> dict[str, Any]:
