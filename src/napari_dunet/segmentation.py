@@ -21,6 +21,7 @@ from torch import nn
 
 from . import inference
 from .errors import InputError
+from .geometry import ras_ornt
 from .inference import CancelCallback, ProgressCallback
 from .io import Volume, load_volume, save_mask, save_volume, strip_nifti_suffix
 from .options import SegmentOptions
@@ -87,6 +88,8 @@ def segment(image: str | os.PathLike | Volume, model: nn.Module,
 def _segment(volume: Volume, model: nn.Module, metadata: Mapping[str, Any] | None,
              options: SegmentOptions, progress: ProgressCallback | None,
              cancel: CancelCallback | None) -> SegmentationResult:
+    if progress is not None:
+        progress = in_scan_slices(progress, volume, options.slice_range)
     threshold = (checkpoint_threshold(metadata or {}) if options.threshold is None
                  else options.threshold)
     device = inference.resolve_device(options.device)
@@ -113,6 +116,19 @@ def _segment(volume: Volume, model: nn.Module, metadata: Mapping[str, Any] | Non
     mask = threshold_mask(probability, threshold)
     return SegmentationResult(volume, probability, mask, threshold,
                               lesion_volume_ml(mask, volume), options.slice_range, notes)
+
+
+def in_scan_slices(progress: ProgressCallback, volume: Volume,
+                   slice_range: tuple[int, int] | None) -> ProgressCallback:
+    """``progress`` counted in the scan's own axial slices (the network's slices are thinner
+    for thick-slice scans), so a user reads "12 / 40 slices" of a 40-slice scan."""
+    axial = int(np.flatnonzero(ras_ornt(volume.affine)[:, 0] == 2)[0])
+    total = (slice_range[1] - slice_range[0]) if slice_range else volume.data.shape[axial]
+
+    def report(done: int, steps: int) -> None:
+        progress(min(total, round(done * total / max(steps, 1))), total)
+
+    return report
 
 
 def out_of_memory(volume: Volume | str | os.PathLike, batch_size: int,

@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "slices near the threshold run again in fp32 (the fp32 mask); bf16: bf16 "
                        "only")
     parser.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress on stderr (a bar on a terminal, else a line per case)")
     outputs = parser.add_mutually_exclusive_group()
     outputs.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     outputs.add_argument("--skip-existing", action="store_true",
@@ -117,21 +119,26 @@ def segment_cases(cases: list[Case], model: nn.Module, meta: dict, options: Segm
     done, failed = [], []
     try:
         # the next scans are read and decompressed while the network runs on this one
-        for case, volume in prefetch(cases, lambda c: load_volume(c.image)):
+        for number, (case, volume) in enumerate(prefetch(cases, lambda c: load_volume(c.image)), 1):
+            progress = None if args.quiet else Progress(f"[{number}/{len(cases)}] {case.name}")
             try:
                 if isinstance(volume, MemoryError):
                     raise out_of_memory(case.image, options.batch_size, _shape(case.image))
                 if isinstance(volume, Exception):
                     raise volume
-                result = write_outputs(segment(volume, model, meta, options), args.output,
-                                       case.name, save_prob=args.save_prob,
-                                       overwrite=args.overwrite)
+                segmented = segment(volume, model, meta, options, progress=progress)
+                result = write_outputs(segmented, args.output, case.name,
+                                       save_prob=args.save_prob, overwrite=args.overwrite)
             except Exception as exc:  # noqa: BLE001 - one case's failure must not end a cohort
+                if progress is not None:
+                    progress.clear()
                 failed.append(case.name)
                 problem = (str(exc) if isinstance(exc, DunetError) else
                            f"{case.image}: unexpected {type(exc).__name__} ({exc}); please report it")
                 print(f"dunet segment: error: {problem}", file=sys.stderr)
                 continue
+            if progress is not None:
+                progress.clear()
             done.append(case.name)
             for note in result.notes:
                 print(f"dunet segment: warning: {case.name}: {note}", file=sys.stderr)
@@ -141,6 +148,35 @@ def segment_cases(cases: list[Case], model: nn.Module, meta: dict, options: Segm
     except KeyboardInterrupt:
         print("dunet segment: interrupted", file=sys.stderr)
     return done, failed
+
+
+class Progress:
+    """Progress of one case on stderr: a bar redrawn in place on a terminal; elsewhere (a log
+    file, a pipe) one line when the network starts on the case."""
+
+    WIDTH = 24
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.terminal = sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.terminal:
+            filled = self.WIDTH * done // max(total, 1)
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            sys.stderr.write(f"\r{self.title} |{bar}| {done}/{total} slices")
+            sys.stderr.flush()
+        elif not self.shown:
+            print(f"dunet segment: {self.title}: segmenting {total} slices", file=sys.stderr,
+                  flush=True)
+        self.shown = True
+
+    def clear(self) -> None:
+        """Take the bar off the terminal line (before the case's row or error is printed)."""
+        if self.terminal and self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
 
 def _shape(path: Path) -> tuple[int, ...] | None:
