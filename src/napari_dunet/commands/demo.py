@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint (.safetensors); default: the weights bundled with the package")
     parser.add_argument("--quick", action="store_true",
                         help=f"segment only the {QUICK_SLICES} axial slices through the lesion centre "
-                             "(a fast check that everything works; metrics cover those slices' "
-                             "prediction against the whole lesion)")
+                             "(a fast check that everything works; the metrics and the overlay "
+                             "cover those slices only)")
     parser.add_argument("--anatomy", default=None,
                         help="'mni' or a T1 NIfTI file to paint the lesion into (default: the "
                              "MNI152 template if nilearn is installed, else the bundled sample)")
@@ -77,6 +77,20 @@ def quick_range(truth, geometry) -> tuple[int, int]:
     centre = geometry.axial_index(int(round(float(np.median(native)))))
     start = min(max(centre - QUICK_SLICES // 2, 0), max(geometry.n_slices - QUICK_SLICES, 0))
     return start, min(start + QUICK_SLICES, geometry.n_slices)
+
+
+def within_slices(mask, image, slice_range: tuple[int, int]):
+    """``mask`` with the voxels outside the axial slices ``slice_range`` (RAS+ numbering) cleared."""
+    import numpy as np
+
+    from ..preprocessing import SliceGeometry
+
+    geometry = SliceGeometry.for_volume(image.data.shape, image.affine)
+    ras = np.array([geometry.axial_index(i) for i in range(geometry.n_slices)])
+    keep = (ras >= slice_range[0]) & (ras < slice_range[1])
+    shape = [1, 1, 1]
+    shape[geometry.axial_axis] = -1
+    return mask * keep.reshape(shape).astype(mask.dtype)
 
 
 def demo_range(image, truth, quick: bool) -> tuple[int, int]:
@@ -144,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
     segmented = segment_case(image, truth, weights, args.device, args.quick)
     mask = segmented.mask
     save_mask(mask, image, paths["mask"], overwrite=args.overwrite)
-    result = evaluate_arrays(mask, truth.data, name=NAME, pred_affine=image.affine,
+    # --quick: scored and drawn on the slices it segmented
+    known = within_slices(truth.data, image, segmented.slice_range) if args.quick else truth.data
+    result = evaluate_arrays(mask, known, name=NAME, pred_affine=image.affine,
                              truth_affine=image.affine, pred_label="the D-UNet mask",
                              truth_label="the known lesion")
     scores = report([result])
@@ -153,12 +169,13 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(scores, indent=2) + "\n"
     atomic_write(paths["metrics"], lambda tmp: tmp.write_text(text), overwrite=args.overwrite)
     m = result.metrics
-    save_overlay_png(paths["overlay"], image, {"known lesion": truth.data, "D-UNet": mask},
+    save_overlay_png(paths["overlay"], image, {"known lesion": known, "D-UNet": mask},
                      title=f"DSC {m.dsc:.2f}  precision {m.precision:.2f}  recall {m.recall:.2f}",
                      overwrite=args.overwrite)
     print(f"  D-UNet mask  {paths['mask']}\n  overlay  {paths['overlay']}\n  metrics  {paths['metrics']}")
+    where = (f" on the {QUICK_SLICES} segmented slices (--quick)" if args.quick else "")
     print(f"DSC {m.dsc:.3f}  precision {m.precision:.3f}  recall {m.recall:.3f}  "
-          f"lesion volume {m.pred_ml:.1f} mL (known {m.truth_ml:.1f} mL)")
+          f"lesion volume {m.pred_ml:.1f} mL (known {m.truth_ml:.1f} mL){where}")
     if args.no_viewer or not has_display():
         return 0
     try:

@@ -17,6 +17,13 @@ _COLUMNS = (("case", "{:<28}", 28), ("DSC", "{:>6.3f}", 6), ("prec.", "{:>6.3f}"
             ("HD95 mm", "{:>7.2f}", 7))
 
 
+LEGEND = """
+DSC, precision, recall: voxel overlap. |dV|: volume difference. Lesions are {connectivity}-connected
+components; a reference lesion is found when a predicted one overlaps it by a voxel: |dN| is the
+difference in lesion counts, les.F1 the F1 score of found lesions (ATLAS v2.0 challenge metrics).
+HD95: 95th percentile of the distances between the two masks' surfaces (docs/evaluation.md)."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", required=True, type=Path, metavar="P",
                         help="predicted mask file, or a folder of them")
@@ -112,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print()
         print("\n".join(format_summary(summarize(results))))
+        print(LEGEND.format(connectivity=args.connectivity))
     if args.csv is not None:
         write_csv(results, args.csv, overwrite=args.overwrite)
         print(f"wrote {args.csv}", file=sys.stderr)

@@ -28,11 +28,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'name':<18} {'paper name':<22} {'PyTorch':>12} {'Keras conv.':>12} {'paper':>12}  match"
+    header = (f"{'name':<18} {'paper name':<22} {'PyTorch':>12} {'Keras count':>12} {'paper':>12}"
+              "  Keras = paper")
     print(header)
     print("-" * len(header))
     for r in rows:
         match = "yes" if r["keras_params"] == r["paper_params"] else "no"
         print(f"{r['name']:<18} {r['paper_name']:<22} {r['params']:>12,} {r['keras_params']:>12,} "
               f"{r['paper_params']:>12,}  {match}")
+    print("\nPyTorch: trainable parameters (model.parameters()). Keras count: the same plus the "
+          "BatchNorm running\nmeans and variances, which Keras counts as parameters and PyTorch "
+          "keeps as buffers; the paper's\nTable 2 counts come from Keras, so that column is the "
+          "one compared.")
     return 0
