@@ -204,3 +204,14 @@ def test_plugin_discovery_and_reading_do_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_scan_opens_in_axial_slices_anterior_up(make_napari_viewer, small_nifti):
+    viewer = make_napari_viewer()
+    viewer.open(small_nifti[0], plugin="napari-dunet")
+    camera = getattr(viewer, "scene", viewer).camera
+    assert viewer.dims.order == (2, 1, 0)  # slicing along inferior-superior: axial
+    assert tuple(str(o) for o in camera.orientation2d) == ("up", "right")  # anterior up, neurological
+    viewer.dims.order = (0, 1, 2)  # the user's choice stays when more files are opened
+    viewer.open(small_nifti[1], plugin="napari-dunet")
+    assert viewer.dims.order == (0, 1, 2)

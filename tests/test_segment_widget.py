@@ -466,3 +466,13 @@ def test_save_starts_beside_the_scan_and_bundled_weights_are_one_click_away(
         assert button.isHidden()
     finally:
         model_store.set_checkpoint(None)
+
+
+def test_radiological_view_puts_the_patients_right_on_the_left(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz"))
+    camera = getattr(viewer, "scene", viewer).camera
+    widget._radiological.value = True
+    assert tuple(str(o) for o in camera.orientation2d) == ("up", "left")
+    widget._radiological.value = False
+    assert tuple(str(o) for o in camera.orientation2d) == ("up", "right")

@@ -22,6 +22,7 @@ from superqt.utils import ensure_main_thread
 
 from .. import model_store
 from ..errors import DunetError, InputError
+from .._reader import show_axial
 from ..io import Volume, strip_nifti_suffix
 from ..layers import (PREDICTION_COLORS, PREVIEW_COLORS, has_nifti_metadata, layer_volume,
                       same_grid_kwargs)
@@ -128,6 +129,9 @@ class SegmentWidget(Panel):
                                       tracking=False,
                                       tooltip="Probability above which a voxel is lesion")
         self._show_probability = CheckBox(text="Show probability map", value=False)
+        self._radiological = CheckBox(text="Radiological view", value=False, tooltip=(
+            "Axial slices with the patient's right on the left of the screen (radiological "
+            "convention); off: on the right (neurological)"))
         self._run = PushButton(text="Segment lesion")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
@@ -135,9 +139,9 @@ class SegmentWidget(Panel):
         self._summary = elided_label(label="Lesion", value="-")
         self._save = PushButton(text="Save mask...", tooltip="Write the lesion layer as NIfTI, "
                                 "aligned with the scan it was drawn on")
-        self.extend([self._image, self._weights, self._bundled, self._device, self._scope, self._threshold,
-                     self._show_probability, self._run, self._cancel, self._progress,
-                     self._summary, self._save])
+        self.extend([self._image, self._weights, self._bundled, self._device, self._scope,
+                     self._threshold, self._show_probability, self._radiological, self._run,
+                     self._cancel, self._progress, self._summary, self._save])
         self.fit()
 
         self._last: _Result | None = None  # the latest run, which the threshold slider changes
@@ -153,6 +157,7 @@ class SegmentWidget(Panel):
         self._weights.changed.connect(self._weights_chosen)
         self._bundled.changed.connect(lambda: model_store.set_checkpoint(None))
         self._save.changed.connect(self._save_clicked)
+        self._radiological.changed.connect(lambda value: show_axial(viewer, value))
         events = viewer.layers.events
         self._layer_events = (events.inserted, events.removed, events.moved)
         for event in self._layer_events:
@@ -176,7 +181,7 @@ class SegmentWidget(Panel):
             self._image.value = event.value
         if not self._axial_view_set and any(
                 has_nifti_metadata(layer.metadata) for layer in self._viewer.layers):
-            show_axial(self._viewer)
+            show_axial(self._viewer, self._radiological.value)
             self._axial_view_set = True
 
     def _weights_chosen(self, value: Any) -> None:
@@ -415,13 +420,3 @@ def ready_to_paint(labels: Any, colors: dict = PREDICTION_COLORS) -> None:
     labels.selected_label = 1
     labels.brush_size = BRUSH_MM
     labels.mode = "paint"
-
-
-def show_axial(viewer: napari.viewer.Viewer) -> None:
-    """Slice along world axis 2 (inferior-superior), anterior up and the patient's right on the
-    right (neurological convention), for RAS+ layers such as those this plugin reads."""
-    if viewer.dims.ndim != 3:
-        return
-    viewer.dims.order = (2, 1, 0)
-    camera = getattr(viewer, "scene", viewer).camera  # napari >= 0.9 keeps it on the scene
-    camera.orientation2d = ("up", "right")
