@@ -52,6 +52,8 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
         add_case(viewer, seed)
     segment = SegmentWidget(viewer)
     widget = make_widget(viewer, tmp_path, epochs=2)
+    widget.config_overrides = {"input_size": 32}
+    widget._batch.value, widget._steps.value = 4, 2  # set in the panel
     for image, labels in zip(viewer.layers[0::2], viewer.layers[1::2]):
         widget._image.value, widget._mask.value = image, labels
         widget.add_current_pair()
@@ -68,6 +70,7 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
     assert widget._progress.value == widget._progress.max == 4
     assert steps[-1] == 4 and len(set(steps)) >= 4
     assert widget._plot.epochs[0] == [1, 2]
+    assert widget._plot.loss_axes.lines[0].get_marker() == "."  # few steps: each one shown
     assert all(0 <= d <= 1 for d in widget._plot.epochs[2])  # validation DSC plotted
     assert "Trained 2 epochs" in widget._status.value
     assert model_store.current_checkpoint() == out

@@ -110,6 +110,11 @@ class FinetuneWidget(Panel):
                             tooltip="Adam learning rate")
         self._loss = ComboBox(label="Loss", choices=LOSSES, value=defaults.loss,
                               tooltip="eml: the paper's enhanced mixing loss")
+        self._batch = SpinBox(label="Batch size", value=defaults.batch_size, min=1, max=256,
+                              tooltip="Stacks of slices per training step (smaller: less memory)")
+        self._steps = SpinBox(label="Steps/epoch", value=0, min=0, max=100_000,
+                              tooltip="Training steps per epoch; 0: as many stacks as the pairs "
+                                      "have head slices")
         self._val = SpinBox(label="Validation", value=0, min=0, max=100,
                             tooltip="Pairs held out to measure DSC after every epoch")
         self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
@@ -120,7 +125,8 @@ class FinetuneWidget(Panel):
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1)
         self._status = elided_label(label="Status", value="idle")
         self.extend([self._image, self._mask, self._add_pair, self._add_folder, self._pairs,
-                     self._remove, self._epochs, self._lr, self._loss, self._val, self._device,
+                     self._remove, self._epochs, self._lr, self._loss, self._batch, self._steps,
+                     self._val, self._device,
                      self._out, self._start, self._stop, self._progress, self._status])
         self._plot = TrainingPlot()
         self.add_native(self._plot.canvas)
@@ -214,8 +220,10 @@ class FinetuneWidget(Panel):
         if self._val.value >= len(pairs):
             raise InputError(f"{self._val.value} validation pair(s) leave nothing to train on: "
                              f"add pairs or hold out fewer (there are {len(pairs)}).")
-        config = TrainConfig(epochs=int(self._epochs.value), lr=lr, loss=self._loss.value,
-                             device=self._device.value, **self.config_overrides)
+        config = TrainConfig(**{
+            "epochs": int(self._epochs.value), "lr": lr, "loss": self._loss.value,
+            "device": self._device.value, "batch_size": int(self._batch.value),
+            "steps_per_epoch": int(self._steps.value) or None, **self.config_overrides})
         config.check()
         out = Path(self._out.value)
         if out.suffix != ".safetensors":
@@ -323,7 +331,8 @@ class TrainingPlot:
     def add_step(self, position: float, loss: float) -> None:
         self.steps[0].append(position)
         self.steps[1].append(loss)
-        if len(self.steps[0]) % 5 == 1:  # redraw now and then: drawing costs more than a step
+        count = len(self.steps[0])
+        if count <= 5 or count % 5 == 0:  # the first steps at once, then now and then
             self.draw()
 
     def add_epoch(self, epoch: int, loss: float, val_dsc: float | None) -> None:
@@ -336,7 +345,8 @@ class TrainingPlot:
         loss, dsc = self.loss_axes, self.dsc_axes
         loss.clear()
         dsc.clear()
-        loss.plot(*self.steps, color="tab:blue", alpha=0.3, linewidth=0.8)
+        loss.plot(*self.steps, ".-" if len(self.steps[0]) < 20 else "-", color="tab:blue",
+                  alpha=0.4, linewidth=0.8, markersize=4)  # a few steps: each one visible
         loss.plot(self.epochs[0], self.epochs[1], "o-", color="tab:blue", label="training loss")
         loss.set_xlabel("epoch")
         loss.set_ylabel("loss", color="tab:blue")
