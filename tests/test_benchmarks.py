@@ -42,6 +42,14 @@ def test_inference_benchmark_quick_json(tmp_path):
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
+def test_viewer_benchmark_clicks_the_real_panel():
+    r = run_script("bench_viewer.py", "--json")
+    for key in ("current_slice_first_click_seconds", "current_slice_click_seconds",
+                "whole_volume_click_seconds", "cli_seconds"):
+        assert positive(r[key]), (key, r[key])
+    assert r["cpu"] and r["shape"] == [121, 120, 113]  # the bundled sample
+
+
 def test_startup_benchmark_json():
     r = run_script("bench_startup.py", "--json", "--runs", "1")
     assert r["plugin_registered"] is True
