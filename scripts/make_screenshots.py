@@ -1,8 +1,9 @@
 """Regenerate the user guide's screenshots (docs/images/guide_*.png) from the real napari viewer.
 
-    xvfb-run -a -s "-screen 0 1600x1200x24" python3 scripts/make_screenshots.py [--weights FILE]
+    xvfb-run -a -s "-screen 0 1280x800x24" python3 scripts/make_screenshots.py [--weights FILE]
 
-It opens the bundled sample the way ``dunet view`` does. With weights (``--weights``, or the
+It opens the bundled sample the way ``dunet view`` does, in a 1280x800 window (a laptop
+screen) with all three of the plugin's panels docked. With weights (``--weights``, or the
 ones bundled with the package) the lesion screenshots show the network's result from the
 Segment lesion widget; without weights they show the sample's manual tracing in its place.
 """
@@ -40,7 +41,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
 
     viewer = open_viewer([], args.weights)
-    viewer.window.resize(1500, 900)
+    for name in ("Evaluate", "Fine-tune"):
+        viewer.window.add_plugin_dock_widget("napari-dunet", name)
+    viewer.window.resize(1280, 800)
     [widget] = [w for w in viewer.window.dock_widgets.values() if isinstance(w, SegmentWidget)]
     image = viewer.layers["sample T1"]
     [(tracing, tracing_kwargs, _)] = read_nifti(SAMPLE_MASK)
@@ -51,8 +54,9 @@ def main() -> None:
     viewer.screenshot(OUT / "guide_image.png", canvas_only=True)
 
     if model_store.current_checkpoint() is not None:
+        viewer.window._dock_widgets["Segment lesion (napari-dunet)"].raise_()  # its tab in front
         widget.run()
-        while widget._worker is not None:
+        while widget._runner.worker is not None:
             settle(0.2)
         source = "the network's result"
     else:
