@@ -94,3 +94,42 @@ def test_precision_option_reaches_the_network(small_nifti, random_checkpoint, tm
     difference = np.abs(probs["bf16"] - probs["fp32"])
     assert 0 < difference.max() < 0.05  # bfloat16 arithmetic: close to float32, not identical
     assert np.array_equal(probs["mixed"] >= 0.5, probs["fp32"] >= 0.5)  # checked near 0.5
+
+
+@pytest.mark.slow
+def test_torchrun_shards_a_cohort_so_every_mask_is_written_once(tmp_path, random_checkpoint):
+    from conftest import make_head
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for i in range(4):
+        nib.save(nib.Nifti1Image(make_head(seed=i)[0], np.eye(4)), cohort / f"case{i}.nii.gz")
+    out = tmp_path / "masks"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29517", "-m", "napari_dunet.cli", "segment", str(cohort),
+         "-o", str(out), "--weights", str(random_checkpoint), "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [f"case{i}_mask.nii.gz" for i in range(4)]
+    rows = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("case")]
+    rows = [name for name in rows if name != "case"]  # each process prints the table's header
+    assert sorted(rows) == ["case0", "case1", "case2", "case3"]  # each case segmented once
+    for k in (1, 2):
+        assert f"dunet segment [shard {k}/2]: 2 done, 0 failed, 0 skipped." in proc.stderr
+
+
+def test_shard_option_takes_every_nth_case(tmp_path, random_checkpoint, capsys):
+    from conftest import make_head
+
+    for i in range(3):
+        nib.save(nib.Nifti1Image(make_head(seed=i)[0], np.eye(4)), tmp_path / f"case{i}.nii.gz")
+    code, out, err = run(capsys, tmp_path, "-o", tmp_path / "masks", "--weights",
+                         random_checkpoint, "--device", "cpu", "--shard", "2/2", "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["case1_mask.nii.gz"]
+    for bad, problem in (("3/2", "between 1 and N"), ("0/2", "between 1 and N"),
+                         ("half", "expected K/N")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["segment", str(tmp_path), "-o", str(tmp_path / "x"), "--shard", bad])
+        assert exit_.value.code == 2 and problem in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress on stderr (a bar on a terminal, else a line per case)")
+    parser.add_argument("--shard", metavar="K/N", type=parse_shard,
+                        help="segment only the K-th of N shares of the cases (1-based; cases "
+                             "K, K+N, ... in name order), to spread a cohort over processes or "
+                             "machines; under torchrun each process takes its rank's share")
     outputs = parser.add_mutually_exclusive_group()
     outputs.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     outputs.add_argument("--skip-existing", action="store_true",
@@ -55,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
         raise DunetError("no weights given and no default weights are bundled; pass --weights FILE.")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold must be between 0 and 1, got {args.threshold}.")
-    options = SegmentOptions(device=args.device, batch_size=args.batch_size,
+    shard, shards = args.shard or torchrun_shard()
+    device = args.device
+    if device == "auto" and shards > 1 and "LOCAL_RANK" in os.environ:
+        device = local_gpu(int(os.environ["LOCAL_RANK"]))
+    options = SegmentOptions(device=device, batch_size=args.batch_size,
                              precision=args.precision, threshold=args.threshold)
     options.check()
     check_output_folder(args.output)
@@ -64,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise InputError(f"several inputs would write the same output name: {', '.join(sorted(dupes))}.")
+    cases = cases[shard - 1::shards]
     todo, skipped = [], []
     for case in cases:
         existing = [p for p in output_paths(args.output, case.name, args.save_prob)
@@ -81,12 +91,37 @@ def run(args: argparse.Namespace) -> int:
     summary = f"{len(done)} done, {len(failed)} failed, {len(skipped) + unrun} skipped"
     if skipped:
         summary += f" ({len(skipped)} with existing outputs)"
-    if len(cases) > 1:
-        print(f"dunet segment: {summary}" + (f"; failed: {', '.join(failed)}" if failed else "")
-              + ".", file=sys.stderr)
+    who = f"dunet segment [shard {shard}/{shards}]" if shards > 1 else "dunet segment"
+    if len(cases) > 1 or shards > 1:
+        print(f"{who}: {summary}" + (f"; failed: {', '.join(failed)}" if failed else "") + ".",
+              file=sys.stderr)
     if unrun:
         return 130
     return 2 if failed else 0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with 1 <= K <= N."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 1/4, got {text!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"K must be between 1 and N, got {text!r}")
+    return k, n
+
+
+def torchrun_shard() -> tuple[int, int]:
+    """This process's share under torchrun (``RANK``, ``WORLD_SIZE``), else the whole cohort."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")) + 1, world) if world > 1 else (1, 1)
+
+
+def local_gpu(local_rank: int) -> str:
+    """``cuda:<local rank>`` where this machine has GPUs (each process its own), else auto."""
+    import torch
+
+    return f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "auto"
 
 
 def check_output_folder(folder: Path) -> None:
