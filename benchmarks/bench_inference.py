@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()
     image, source = (nib.load(args.image), str(args.image)) if args.image else atlas_sized_image(args.quick)
     n = image.shape[SliceGeometry.for_volume(image.shape, image.affine).axial_axis]
-    default = resolve_precision(args.precision, device, n)
+    default = resolve_precision(args.precision, device, n, prepare_model(model, device))
     results: dict = {"device": str(device), "torch": torch.__version__, "quick": args.quick,
                      "volume": source, "shape": list(image.shape), "batch_size": args.batch_size,
                      "threads": torch.get_num_threads(), "precision": args.precision,

@@ -133,3 +133,17 @@ def test_shard_option_takes_every_nth_case(tmp_path, random_checkpoint, capsys):
         with pytest.raises(SystemExit) as exit_:
             main(["segment", str(tmp_path), "-o", str(tmp_path / "x"), "--shard", bad])
         assert exit_.value.code == 2 and problem in capsys.readouterr().err
+
+
+def test_verbose_says_which_dtype_auto_runs(small_nifti, random_checkpoint, tmp_path, capsys,
+                                            monkeypatch):
+    from napari_dunet import cpu_dtype
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu_dtype, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(cpu_dtype, "time_dtypes", lambda model, size=192: (0.4, 0.2))
+    code, _, err = run(capsys, small_nifti[0], "-o", tmp_path / "o", "--weights",
+                       random_checkpoint, "--device", "cpu", "-v", "-q")
+    assert code == 0, err
+    assert "dtype auto on this CPU" in err and ": mixed;" in err and "0.400 s in fp32" in err
+    assert cpu_dtype.cache_file().is_file()

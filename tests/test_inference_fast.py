@@ -3,6 +3,7 @@ caller's model alone."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import nibabel as nib
@@ -199,15 +200,37 @@ def test_mixed_reruns_stacks_near_the_threshold_in_fp32():
     assert model.seen == [("bf16", 4), ("fp32", 1)]
 
 
-def test_auto_precision_is_mixed_on_bf16_cpus_for_whole_volumes(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
-    assert resolve_precision("auto", cpu, 189) == "mixed"
-    assert resolve_precision("auto", cpu, 1) == "fp32"  # the current slice: no rerun to risk
-    assert resolve_precision("auto", torch.device("cuda"), 189) == "auto"  # GPU autocast
-    assert resolve_precision("fp32", cpu, 189) == "fp32"
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
-    assert resolve_precision("auto", cpu, 189) == "fp32"
+def test_auto_precision_is_chosen_by_measurement_and_remembered(monkeypatch, tmp_path):
+    from napari_dunet import cpu_dtype
+
+    cpu, model = torch.device("cpu"), nn.Identity()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_dtype, "cpu_has_native_bf16", lambda: True)
+    timings = iter([(1.0, 1.3), (1.0, 0.5)])  # a Xeon whose bf16 is slower, then a faster one
+    measured = []
+    monkeypatch.setattr(cpu_dtype, "time_dtypes",
+                        lambda m, size=192: measured.append(1) or next(timings))
+    assert resolve_precision("auto", cpu, 189, model) == "fp32"
+    assert resolve_precision("auto", cpu, 189, model) == "fp32" and len(measured) == 1  # cached
+    cached = json.loads(cpu_dtype.cache_file().read_text())
+    assert cached["fp32_seconds"] == 1.0 and cached["bf16_seconds"] == 1.3
+    monkeypatch.setattr(cpu_dtype, "machine_key", lambda: "another CPU")  # new CPU or torch
+    assert resolve_precision("auto", cpu, 189, model) == "mixed" and len(measured) == 2
+    assert resolve_precision("auto", cpu, 1, model) == "fp32"  # the current slice: no rerun to risk
+    assert resolve_precision("auto", torch.device("cuda"), 189, model) == "auto"  # GPU autocast
+    assert resolve_precision("bf16", cpu, 189, model) == "bf16"  # --dtype forces one
+    monkeypatch.setattr(cpu_dtype, "cpu_has_native_bf16", lambda: False)  # emulated bf16
+    assert resolve_precision("auto", cpu, 189, model) == "fp32" and len(measured) == 2
+
+
+def test_dtype_measurement_times_both_dtypes_on_the_network():
+    from napari_dunet import cpu_dtype
+    from napari_dunet.fast import prepare_model
+    from napari_dunet.models import build_model
+
+    fp32, bf16 = cpu_dtype.time_dtypes(prepare_model(build_model("dunet"), torch.device("cpu")),
+                                       input_size=64)
+    assert 0 < fp32 < 60 and 0 < bf16 < 60
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from torch import nn
 
 from . import options as names
 from .errors import Cancelled, DunetError, InputError
-from .fast import cpu_has_native_bf16, prepare_model
+from .fast import prepare_model
 from .io import Volume
 from .options import SegmentOptions
 from .preprocessing import DEFAULT_SCHEME, STACK_OFFSETS, make_stacks, preprocess
@@ -93,13 +93,19 @@ def precision_context(device: torch.device, precision: Precision = "auto"
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def resolve_precision(precision: Precision, device: torch.device, n_stacks: int) -> Precision:
-    """What ``auto`` means for ``predict_volume``: on a CPU with bf16 instructions ``mixed`` for
-    runs of at least ``MIXED_MIN_STACKS`` stacks, else ``fp32``; on GPUs autocast (``auto``)."""
+def resolve_precision(precision: Precision, device: torch.device, n_stacks: int,
+                      model: nn.Module) -> Precision:
+    """What ``auto`` means for ``predict_volume`` with ``model`` (inference-ready): on a CPU,
+    for runs of at least ``MIXED_MIN_STACKS`` stacks, the dtype measured fastest on this
+    machine (``cpu_dtype``: ``mixed`` or ``fp32``), else ``fp32``; on GPUs autocast (``auto``)."""
     check_precision(precision)
     if precision != "auto" or device.type != "cpu":
         return precision
-    return "mixed" if n_stacks >= MIXED_MIN_STACKS and cpu_has_native_bf16() else "fp32"
+    if n_stacks < MIXED_MIN_STACKS:
+        return "fp32"
+    from .cpu_dtype import measured_dtype
+
+    return measured_dtype(model)["dtype"]
 
 
 def check_precision(precision: str) -> None:
@@ -210,9 +216,10 @@ def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = S
     stacks = make_stacks(read_geometry.forward(normalized[read_index]),
                          range((start - first) * f, (stop - first) * f))
     del normalized
-    precision = resolve_precision(precision, device, len(stacks))
-    probs = _predict_nonempty(prepare_model(model, device), stacks, device, batch_size,
-                              progress, cancel, dict(precision=precision, threshold=threshold))
+    ready = prepare_model(model, device)
+    precision = resolve_precision(precision, device, len(stacks), ready)
+    probs = _predict_nonempty(ready, stacks, device, batch_size, progress, cancel,
+                              dict(precision=precision, threshold=threshold))
     if (start, stop) == (0, n):
         return geometry.inverse(probs)
     out_geometry, out_index = geometry.slab(start, stop)

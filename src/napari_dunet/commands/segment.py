@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "slices near the threshold run again in fp32 (the fp32 mask); bf16: bf16 "
                        "only")
     parser.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="say which dtype 'auto' runs on this machine and why")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress on stderr (a bar on a terminal, else a line per case)")
     parser.add_argument("--shard", metavar="K/N", type=parse_shard,
@@ -86,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             todo.append(case)
     model, meta = load_checkpoint(weights, device="cpu")
+    if args.verbose:
+        print(f"dunet segment: {dtype_choice(model, options)}", file=sys.stderr)
     done, failed = segment_cases(todo, model, meta, options, args)
     unrun = len(todo) - len(done) - len(failed)  # left when interrupted
     summary = f"{len(done)} done, {len(failed)} failed, {len(skipped) + unrun} skipped"
@@ -98,6 +102,25 @@ def run(args: argparse.Namespace) -> int:
     if unrun:
         return 130
     return 2 if failed else 0
+
+
+def dtype_choice(model: nn.Module, options: SegmentOptions) -> str:
+    """One line: the dtype a whole volume runs in on this device, and why."""
+    from ..cpu_dtype import cache_file, measured_dtype
+    from ..fast import prepare_model
+    from ..inference import resolve_device
+
+    device = resolve_device(options.device)
+    if options.precision != "auto":
+        return f"dtype {options.precision} (--dtype) on {device}"
+    if device.type != "cpu":
+        return f"dtype auto on {device}: bf16/fp16 autocast"
+    choice = measured_dtype(prepare_model(model, device))
+    if not choice["measured"]:
+        return f"dtype auto on this CPU: {choice['dtype']} ({choice['reason']})"
+    return (f"dtype auto on this CPU ({choice['key']}): {choice['dtype']}; one pass over 4 "
+            f"stacks took {choice['fp32_seconds']:.3f} s in fp32 and {choice['bf16_seconds']:.3f} "
+            f"s in bf16 (measured once, kept in {cache_file()})")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

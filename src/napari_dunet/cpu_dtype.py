@@ -1,0 +1,99 @@
+"""Which dtype ``auto`` runs on a CPU, chosen by measurement and remembered per machine.
+
+A CPU that reports bf16 instructions does not always run bf16 convolutions faster than fp32
+(oneDNN's kernels differ between CPU generations). The first whole-volume run on a machine
+times the network on a few stacks in fp32 and in bf16 (about a second) and keeps the answer in
+the user's cache folder (``$XDG_CACHE_HOME/napari-dunet/cpu-dtype.json``), keyed by the CPU,
+its thread count and the torch version, so a new CPU or torch measures again. ``mixed`` (bf16,
+with the maps near the threshold run again in fp32: the fp32 mask) is chosen only when bf16 is
+clearly faster; otherwise ``fp32``. A CPU without bf16 instructions emulates bf16, slower: it
+runs fp32 without measuring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .fast import cpu_has_native_bf16
+
+#: bf16 must take at most this share of fp32's time to be chosen: ``mixed`` also reruns the
+#: stacks near the threshold in fp32 (a few percent of a volume's stacks)
+BF16_MARGIN = 0.8
+MEASURE_STACKS = 4  # stacks per timed pass (192 x 192, the network's input)
+
+
+def cache_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "napari-dunet" / "cpu-dtype.json"
+
+
+def machine_key() -> str:
+    """What the measurement depends on: CPU model, threads, torch version."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def measured_dtype(model: nn.Module, input_size: int = 192) -> dict:
+    """``{"dtype": "fp32" | "mixed", "fp32_seconds", "bf16_seconds", "key", "measured"}`` for
+    ``model`` (an inference-ready copy) on this machine: from the cache, or measured now."""
+    key = machine_key()
+    if not cpu_has_native_bf16():
+        return {"dtype": "fp32", "key": key, "measured": False,
+                "reason": "no bf16 instructions (bf16 would be emulated)"}
+    cached = _read_cache()
+    if cached.get("key") == key:
+        return cached
+    fp32, bf16 = time_dtypes(model, input_size)
+    choice = {"dtype": "mixed" if bf16 <= BF16_MARGIN * fp32 else "fp32", "key": key,
+              "measured": True, "fp32_seconds": round(fp32, 4), "bf16_seconds": round(bf16, 4)}
+    _write_cache(choice)
+    return choice
+
+
+def time_dtypes(model: nn.Module, input_size: int = 192) -> tuple[float, float]:
+    """Seconds of one pass over ``MEASURE_STACKS`` stacks in fp32 and in bf16 autocast (best
+    of two, after a warm-up pass each)."""
+    stacks = torch.rand(MEASURE_STACKS, 4, input_size, input_size)
+    stacks = stacks.contiguous(memory_format=torch.channels_last)
+    best = []
+    with torch.inference_mode():
+        for bf16 in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                times = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    model(stacks)
+                    times.append(time.perf_counter() - start)
+            best.append(min(times[1:]))
+    return best[0], best[1]
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(choice: dict) -> None:
+    from .io import atomic_write
+
+    try:
+        atomic_write(cache_file(), lambda tmp: tmp.write_text(json.dumps(choice, indent=2)),
+                     overwrite=True)
+    except Exception:  # noqa: BLE001 - a read-only home only costs a measurement next time
+        pass
