@@ -21,20 +21,9 @@ import argparse
 import contextlib
 import io
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def click_and_wait(widget, app, timeout: float = 900.0) -> float:
@@ -64,6 +53,7 @@ def main() -> None:
     from napari_dunet._widgets.segment import CURRENT_SLICE, WHOLE, SegmentWidget
     from napari_dunet.cli import main as dunet
     from napari_dunet.commands.view import open_viewer
+    from napari_dunet.cpu_dtype import cpu_name
 
     image = args.image or SAMPLE_IMAGE
     viewer = open_viewer([image], args.weights)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from scipy import ndimage as ndi
 
 from napari_dunet import metrics, synth
 from napari_dunet.checkpoint import load_checkpoint
+from napari_dunet.cpu_dtype import cpu_name
 from napari_dunet.io import Volume, find_cases, load_mask, load_volume, save_mask, save_volume
 from napari_dunet.options import SegmentOptions
 from napari_dunet.segmentation import checkpoint_preprocessing, checkpoint_threshold, segment
@@ -37,17 +37,6 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHECKS = ("stroke-t2", "ms-t1", "clinical", "old-synthetic")
 TARGETS = {"stroke-t2": ("dsc", ">=", 0.4), "ms-t1": ("max_pred_ml", "<", 5.0),
            "clinical": ("mean_dsc", ">=", 0.5), "old-synthetic": ("mean_dsc", ">=", 0.75)}
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Segmenter:
@@ -200,10 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     available = {"stroke-t2": (args.data / "real" / "stroke_t2").is_dir(),
                  "ms-t1": (args.data / "real" / "ms_t1").is_dir(),
                  "clinical": (args.data / "lesions").is_dir(),
-                 "old-synthetic": args.heldout is not None}
+                 "old-synthetic": args.heldout is not None and args.heldout.is_dir()}
     checks = args.checks or [c for c in CHECKS if available[c]]
     if missing := [c for c in checks if not available[c]]:
         parser.error(f"no data for {', '.join(missing)} (--data {args.data}, --heldout)")
+    if args.heldout is not None and not args.heldout.is_dir():
+        parser.error(f"--heldout {args.heldout}: no such folder")
     if args.save_dir:
         args.save_dir.mkdir(parents=True, exist_ok=True)
     segment = Segmenter(args.weights, args.device)

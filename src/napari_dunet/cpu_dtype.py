@@ -34,17 +34,20 @@ def cache_file() -> Path:
     return Path(root) / "napari-dunet" / "cpu-dtype.json"
 
 
-def machine_key() -> str:
-    """What the measurement depends on: CPU model, threads, torch version."""
-    model = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    """What the measurement depends on: CPU model, threads, torch version."""
+    return f"{cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
 
 
 def measured_dtype(model: nn.Module, input_size: int = 192) -> dict:
