@@ -64,10 +64,34 @@ def test_fine_tune_takes_the_model_from_the_initial_checkpoint(dataset, tmp_path
     assert meta["training"]["cases"] == {"train": 1, "validation": 1}
 
 
+def test_max_minutes_stops_on_time_with_a_usable_checkpoint(dataset, tmp_path, tiny_model,
+                                                            capsys):
+    out = tmp_path / "quick.safetensors"
+    assert main(["train", "--data", str(dataset), "--out", str(out), "--model", tiny_model,
+                 "--epochs", "50", "--max-minutes", "0.0001", "--val-fraction", "0",
+                 "--input-size", "32", "--steps-per-epoch", "40", "--batch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "Stopped at the 0.0001-minute limit after epoch 1;" in printed
+    _, meta = load_checkpoint(out)  # whole and loadable
+    assert meta["training"]["epoch"] == 1 and meta["training"]["config"]["max_minutes"] == 0.0001
+    assert read_state(state_path(out))[2]["epoch"] == 1
+
+
+def test_init_default_names_the_bundled_weights(dataset, tmp_path):
+    from napari_dunet import weights
+
+    out = tmp_path / "tuned.safetensors"
+    assert main(["train", "--data", str(dataset), "--out", str(out), "--init", "default",
+                 "--epochs", "1", "--val-fraction", "0", "--input-size", "32",
+                 "--steps-per-epoch", "1", "--batch-size", "1"]) == 0
+    assert read_metadata(out)["training"]["init"] == str(weights.default_checkpoint())
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--resume"], "nothing to resume"),
     (["--lr", "-1"], "learning rate must be positive"),
     (["--model", "unet9"], "unknown model"),
+    (["--max-minutes", "0"], "time limit must be a positive number"),
 ])
 def test_bad_requests_exit_with_one_clear_line(dataset, tmp_path, capsys, extra, message):
     code = main(["train", "--data", str(dataset), "--out", str(tmp_path / "m.safetensors"), *extra])

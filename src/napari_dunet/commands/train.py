@@ -50,7 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name from `dunet models` (default: the --init "
                                         "checkpoint's, else dunet)")
     parser.add_argument("--init", type=Path, metavar="CHECKPOINT",
-                        help="start from these weights (fine-tuning)")
+                        help="start from these weights (fine-tuning); 'default': the bundled "
+                             "default weights")
+    parser.add_argument("--max-minutes", type=float, metavar="M",
+                        help="stop after M minutes of training: the running epoch ends at the "
+                             "step that reaches the limit and is validated and saved")
     parser.add_argument("--resume", action="store_true",
                         help="continue the training saved beside --output")
     parser.add_argument("--patience", type=int, default=d.patience,
@@ -85,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
     from ..training.state import state_path
 
     out = args.output
+    if args.init is not None and str(args.init) == "default":
+        from .. import weights
+
+        args.init = weights.default_checkpoint()
+        if args.init is None:
+            raise InputError("--init default: no default weights are bundled with this version.")
     if out.exists() and not (args.overwrite or args.resume):
         raise InputError(f"{out} exists; pass --overwrite to replace it or --resume to "
                          f"continue its training.")
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss, augment=args.augment, lesion_fraction=args.lesion_fraction,
         patience=args.patience, seed=args.seed, input_size=args.input_size, crop_size=args.crop_size,
         steps_per_epoch=args.steps_per_epoch, device=args.device,
-        precision=args.precision)
+        precision=args.precision, max_minutes=args.max_minutes)
     config.check()
     if not args.data and not args.synth:
         raise InputError("give training cases with --data, or anatomies to draw from with --synth.")

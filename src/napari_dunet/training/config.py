@@ -36,6 +36,7 @@ class TrainConfig:
     # (about 2.4x faster D-UNet steps on CPUs with bf16 instructions); "mixed": bf16 steps, and
     # validation masks as inference's "mixed" makes them (the fp32 masks); "fp32": float32
     precision: str = "auto"
+    max_minutes: float | None = None  # stop by time: the epoch at the limit ends early, saved
 
     def check(self) -> None:
         """Raise ``InputError`` for values training cannot run with (imports no torch)."""
@@ -59,5 +60,9 @@ class TrainConfig:
             problems.append(f"patience must be 0 (off) or more epochs, got {self.patience}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             problems.append("steps per epoch must be at least 1")
+        if self.max_minutes is not None and not (self.max_minutes > 0
+                                                 and math.isfinite(self.max_minutes)):
+            problems.append(f"the time limit must be a positive number of minutes, got "
+                            f"{self.max_minutes}")
         if problems:
             raise InputError("; ".join(problems) + ".")

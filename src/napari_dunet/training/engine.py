@@ -67,7 +67,7 @@ class TrainResult:
     best_epoch: int | None
     best_val_dsc: float | None
     history: list[EpochMetrics] = field(default_factory=list)
-    stop_reason: str = "completed"  # "completed", "early-stopped", "cancelled"
+    stop_reason: str = "completed"  # "completed", "early-stopped", "cancelled", "out-of-time"
     message: str = ""
 
 
@@ -213,6 +213,8 @@ class _Trainer:
             return result
         total = max(0, last - first + 1) * self.steps
         done = 0
+        minutes = self.config.max_minutes
+        deadline = None if minutes is None else time.perf_counter() + 60.0 * minutes
         for epoch in range(first, last + 1):
             started = time.perf_counter()
             if self.stream is not None and epoch > first:
@@ -228,6 +230,8 @@ class _Trainer:
                 losses.append(self._step(picks, generator, epoch))
                 done += 1
                 yield StepProgress(epoch, step, self.steps, losses[-1], done, total)
+                if self._out_of_time(deadline):
+                    break  # this epoch ends here: validated and saved below
             loss_sum, loss_count = self.dist.sum([sum(losses), len(losses)])
             try:
                 val_dsc, val_global = self._validate(cancel)
@@ -246,7 +250,16 @@ class _Trainer:
             patience = self.config.patience
             if val_dsc is not None and patience and self.stale >= patience:
                 return self._result("early-stopped")
+            if self._out_of_time(deadline) and epoch < last:
+                return self._result("out-of-time")
         return self._result("completed")
+
+    def _out_of_time(self, deadline: float | None) -> bool:
+        """Past ``deadline``? Every process stops at the same step (any one past it)."""
+        if deadline is None:
+            return False
+        late = float(time.perf_counter() >= deadline)
+        return (self.dist.sum([late])[0] if self.dist.enabled else late) > 0
 
     def _seed(self, epoch: int) -> tuple[np.random.Generator, torch.Generator]:
         """Generators for the epoch's batches and augmentations; seeds dropout too."""
@@ -341,6 +354,8 @@ class _Trainer:
                 "early-stopped": f"Stopped early after epoch {self.epoch}: no better validation "
                                  f"DSC for {_epochs(self.stale)}; ",
                 "cancelled": f"Stopped during epoch {self.epoch + 1}; ",
+                "out-of-time": f"Stopped at the {self.config.max_minutes or 0:g}-minute limit "
+                               f"after epoch {self.epoch}; ",
             }[reason] + kept
         return TrainResult(self.out if saved else None,
                            self.state_file if self.state_file.is_file() else None,
