@@ -78,6 +78,7 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
     _, meta = load_checkpoint(out)
     assert meta["model"] == "dunet-tiny" and meta["training"]["init"] == str(tiny_checkpoint)
     assert meta["training"]["cases"] == {"train": 2, "validation": 1}
+    assert meta["training"]["config"]["max_minutes"] == 5  # the panel's default time limit
     assert widget._out.value != out  # the next run will not overwrite this model
     assert widget._start.enabled and not widget._stop.enabled
 

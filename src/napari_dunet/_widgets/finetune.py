@@ -115,6 +115,9 @@ class FinetuneWidget(Panel):
         self._steps = SpinBox(label="Steps/epoch", value=0, min=0, max=100_000,
                               tooltip="Training steps per epoch; 0: as many stacks as the pairs "
                                       "have head slices")
+        self._minutes = SpinBox(label="Minutes", value=5, min=0, max=10_000,
+                                tooltip="Stop after this many minutes (0: no limit); the epoch "
+                                        "running then ends early and its model is saved")
         self._val = SpinBox(label="Validation", value=0, min=0, max=100,
                             tooltip="Pairs held out to measure DSC after every epoch")
         self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
@@ -126,7 +129,7 @@ class FinetuneWidget(Panel):
         self._status = elided_label(label="Status", value="idle")
         self.extend([self._image, self._mask, self._add_pair, self._add_folder, self._pairs,
                      self._remove, self._epochs, self._lr, self._loss, self._batch, self._steps,
-                     self._val, self._device,
+                     self._minutes, self._val, self._device,
                      self._out, self._start, self._stop, self._progress, self._status])
         self._plot = TrainingPlot()
         self.add_native(self._plot.canvas)
@@ -223,7 +226,8 @@ class FinetuneWidget(Panel):
         config = TrainConfig(**{
             "epochs": int(self._epochs.value), "lr": lr, "loss": self._loss.value,
             "device": self._device.value, "batch_size": int(self._batch.value),
-            "steps_per_epoch": int(self._steps.value) or None, **self.config_overrides})
+            "steps_per_epoch": int(self._steps.value) or None,
+            "max_minutes": float(self._minutes.value) or None, **self.config_overrides})
         config.check()
         out = Path(self._out.value)
         if out.suffix != ".safetensors":
