@@ -170,3 +170,13 @@ def test_mni_template_case_on_the_atlas_grid():
     assert not (mask.data.astype(bool) & ~anatomy.brain).any()
     inside, white_matter = _lesion_vs_white_matter(image, mask.data, anatomy.wm)
     assert inside < 0.85 * white_matter
+
+
+def test_bias_field_stays_finite_for_a_brain_of_one_coarse_voxel():
+    from napari_dunet.synth import _bias_field
+
+    brain = np.zeros((2, 2, 9), bool)
+    brain[0, 0, 4] = True  # a thick-slice draw whose brain covers one voxel of the coarse grid
+    for seed in range(20):
+        field = _bias_field(brain.shape, brain, 0.3, np.random.default_rng(seed))
+        assert np.isfinite(field).all() and field.max() <= np.exp(3.0) + 1e-3

@@ -391,9 +391,13 @@ def _bias_field(shape: tuple[int, ...], brain: np.ndarray, strength: float,
                 log_field += coefficient * (axes[0][:, None, None] ** i * axes[1][None, :, None] ** j
                                             * axes[2][None, None, :] ** k)
     values = log_field[brain]
+    spread = float(values.std())
+    if spread < 1e-3:  # a brain of a voxel or two on the coarse grid: no field to scale
+        return np.ones(shape, np.float32)
     log_field -= values.mean()
-    log_field *= strength / max(float(values.std()), 1e-6)
-    return np.exp(log_field)
+    log_field *= strength / spread
+    # far outside a small brain the polynomial grows; keep the field finite (at most e^3)
+    return np.exp(np.clip(log_field, -3.0, 3.0))
 
 
 # ---- ATLAS v2.0 BIDS output -----------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import DunetError, InputError
 from ..preprocessing import DEFAULT_SCHEME, INPUT_SIZE
 from .data import TrainingCase, prepare_case
 
@@ -105,8 +106,14 @@ def _worker(source: SynthSource, seed: int, rank: int, out: mp.Queue, stop) -> N
     drawer = CaseDrawer(source)
     index = 0
     while not stop.is_set():
-        case = drawer.draw((seed, rank, index))
-        index += 1
+        try:
+            case = drawer.draw((seed, rank, index))
+        except DunetError as exc:  # one unusable draw: say so and draw the next
+            print(f"napari-dunet synthesis: draw {index} skipped: {exc}", file=sys.stderr,
+                  flush=True)
+            continue
+        finally:
+            index += 1
         while not stop.is_set():
             try:
                 out.put((case.name, case.slices, case.masks), timeout=0.5)
@@ -140,8 +147,8 @@ class SynthStream:
                 name, slices, masks = (self._queue.get(timeout=60) if short
                                        else self._queue.get_nowait())
             except queue.Empty:
+                self._check_alive()  # a stopped worker would leave the pool stale
                 if short:
-                    self._check_alive()
                     continue
                 return list(self.pool)
             self.pool.append(TrainingCase(name, slices, masks))
