@@ -50,6 +50,20 @@ def test_viewer_benchmark_clicks_the_real_panel():
     assert r["cpu"] and r["shape"] == [121, 120, 113]  # the bundled sample
 
 
+def test_adaptation_benchmark_fine_tunes_and_scores(tmp_path, shared_data):
+    out = tmp_path / "adapt.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "adaptation.py"), "--shots", "1",
+                    "--minutes", "0.02", "--eval", "1", "--freeze-norm", "--json", str(out),
+                    "--plot", str(tmp_path / "adapt.png")], check=True, timeout=900,
+                   capture_output=True)
+    r = json.loads(out.read_text())
+    assert r["eval_cases"] == ["clinical_082"]  # the case after the one fine-tuned on
+    assert 0 <= r["before"]["target_dsc"] <= 1 and r["runs"][0]["shots"] == 1
+    assert r["runs"][0]["epochs"] >= 1 and r["runs"][0]["stop"] == "out-of-time"
+    assert 0 <= r["runs"][0]["target_dsc"] <= 1
+    assert (tmp_path / "adapt.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_startup_benchmark_json():
     r = run_script("bench_startup.py", "--json", "--runs", "1")
     assert r["plugin_registered"] is True

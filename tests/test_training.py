@@ -231,6 +231,26 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tiny_model, tmp_path):
         train(cases, [], config("dunet", epochs=1), tmp_path / "x.safetensors", init=base.checkpoint)
 
 
+def test_fine_tuning_with_frozen_normalisation_keeps_the_batchnorm_statistics(tiny_model, tmp_path):
+    cases = synthetic_cases(2)
+    base = train(cases, [], config(tiny_model, epochs=1), tmp_path / "base.safetensors")
+    start, _ = load_checkpoint(base.checkpoint)
+    runs = {}
+    for freeze in (True, False):
+        tuned = train(cases, [], config(tiny_model, epochs=1, freeze_norm=freeze),
+                      tmp_path / f"tuned-{freeze}.safetensors", init=base.checkpoint)
+        runs[freeze] = load_checkpoint(tuned.checkpoint)[0]
+    for name, before in start.named_buffers():
+        if name.endswith(("running_mean", "running_var")):
+            assert torch.equal(before, dict(runs[True].named_buffers())[name]), name
+    changed = [name for name, before in start.named_buffers() if name.endswith("running_mean")
+               and not torch.equal(before, dict(runs[False].named_buffers())[name])]
+    assert changed  # without the option a fine-tune moves them
+    weights_moved = [n for (n, a), b in zip(start.named_parameters(), runs[True].parameters())
+                     if not torch.equal(a, b)]
+    assert weights_moved  # the weights still learn
+
+
 def test_stop_mid_epoch_keeps_the_last_completed_epoch(tiny_model, tmp_path):
     out = tmp_path / "m.safetensors"
     steps = []

@@ -17,7 +17,7 @@ from typing import Any, Generator
 
 import napari
 import numpy as np
-from magicgui.widgets import (ComboBox, FileEdit, LineEdit, ProgressBar, PushButton,
+from magicgui.widgets import (CheckBox, ComboBox, FileEdit, LineEdit, ProgressBar, PushButton,
                               Select, SpinBox)
 from napari.utils.notifications import show_error, show_info, show_warning
 
@@ -118,6 +118,9 @@ class FinetuneWidget(Panel):
         self._minutes = SpinBox(label="Minutes", value=5, min=0, max=10_000,
                                 tooltip="Stop after this many minutes (0: no limit); the epoch "
                                         "running then ends early and its model is saved")
+        self._freeze_norm = CheckBox(text="Keep normalisation statistics", value=True, tooltip=(
+            "Few-case fine-tuning: the BatchNorm layers keep the statistics of the starting "
+            "model (a few batches would replace them and break the model)"))
         self._val = SpinBox(label="Validation", value=0, min=0, max=100,
                             tooltip="Pairs held out to measure DSC after every epoch")
         self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
@@ -129,7 +132,7 @@ class FinetuneWidget(Panel):
         self._status = elided_label(label="Status", value="idle")
         self.extend([self._image, self._mask, self._add_pair, self._add_folder, self._pairs,
                      self._remove, self._epochs, self._lr, self._loss, self._batch, self._steps,
-                     self._minutes, self._val, self._device,
+                     self._minutes, self._freeze_norm, self._val, self._device,
                      self._out, self._start, self._stop, self._progress, self._status])
         self._plot = TrainingPlot()
         self.add_native(self._plot.canvas)
@@ -227,7 +230,8 @@ class FinetuneWidget(Panel):
             "epochs": int(self._epochs.value), "lr": lr, "loss": self._loss.value,
             "device": self._device.value, "batch_size": int(self._batch.value),
             "steps_per_epoch": int(self._steps.value) or None,
-            "max_minutes": float(self._minutes.value) or None, **self.config_overrides})
+            "max_minutes": float(self._minutes.value) or None,
+            "freeze_norm": bool(self._freeze_norm.value), **self.config_overrides})
         config.check()
         out = Path(self._out.value)
         if out.suffix != ".safetensors":

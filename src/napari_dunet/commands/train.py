@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, metavar="CHECKPOINT",
                         help="start from these weights (fine-tuning); 'default': the bundled "
                              "default weights")
+    parser.add_argument("--freeze-norm", action="store_true",
+                        help="keep the BatchNorm statistics of --init (few-case fine-tuning: a "
+                             "few batches of crops would replace them)")
     parser.add_argument("--max-minutes", type=float, metavar="M",
                         help="stop after M minutes of training: the running epoch ends at the "
                              "step that reaches the limit and is validated and saved")
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss, augment=args.augment, lesion_fraction=args.lesion_fraction,
         patience=args.patience, seed=args.seed, input_size=args.input_size, crop_size=args.crop_size,
         steps_per_epoch=args.steps_per_epoch, device=args.device,
-        precision=args.precision, max_minutes=args.max_minutes)
+        precision=args.precision, max_minutes=args.max_minutes, freeze_norm=args.freeze_norm)
     config.check()
     if not args.data and not args.synth:
         raise InputError("give training cases with --data, or anatomies to draw from with --synth.")

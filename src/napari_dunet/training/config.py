@@ -37,6 +37,10 @@ class TrainConfig:
     # validation masks as inference's "mixed" makes them (the fp32 masks); "fp32": float32
     precision: str = "auto"
     max_minutes: float | None = None  # stop by time: the epoch at the limit ends early, saved
+    # BatchNorm layers keep the statistics they start with (running mean and variance frozen):
+    # a few small batches of crops would otherwise replace those of the whole slices the
+    # network segments
+    freeze_norm: bool = False
 
     def check(self) -> None:
         """Raise ``InputError`` for values training cannot run with (imports no torch)."""

@@ -223,6 +223,10 @@ class _Trainer:
                                                self.config.lesion_fraction)
             rng, generator = self._seed(epoch)
             self.net.train()
+            if self.config.freeze_norm:  # fine-tuning: the normalisation keeps its statistics
+                for module in self.model.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
             losses = []
             for step, picks in enumerate(self.sampler.batches(self.steps, rng), start=1):
                 if cancel is not None and cancel():

@@ -1,0 +1,165 @@
+"""Does fine-tuning on a few corrected cases pay off? Fine-tune on N cases of a target domain
+within a time budget, then score the domain's other cases and the source cases.
+
+    python benchmarks/adaptation.py [--weights FILE] [--shots 1 3 10] [--minutes 5]
+        [--eval 6] [--source DIR --source-limit 4] [--json PATH] [--plot PNG]
+
+The target domain is the thick-slice clinical domain of ``real_checks.py`` (MS patient 26's T1
+anatomy, which no default weights were trained on, held-out LESYMAP lesions 81-100, 4-6 mm
+slices); anyone can rebuild it from ``../shared/data``. For each N in ``--shots`` the model
+starts from ``--weights`` and trains on the domain's first N cases as the Fine-tune panel does
+(``dunet train --init``: epochs of 10 steps of 8 stacks, 96 x 96 crops, Adam 1e-4, the dtype
+measured fastest, stopped by ``--minutes``), and is scored on the next ``--eval`` cases (never trained on) and, with
+``--source``, on cases of the domain it was trained on (forgetting). Prints a table, writes
+JSON and a curve of DSC against N. Not a test: nothing asserts a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_checks import DATA, Segmenter, clinical_cases  # noqa: E402
+
+from napari_dunet import metrics  # noqa: E402
+from napari_dunet.checkpoint import read_metadata  # noqa: E402
+from napari_dunet.cpu_dtype import cpu_name  # noqa: E402
+from napari_dunet.io import find_cases, load_volume  # noqa: E402
+from napari_dunet.weights import default_checkpoint  # noqa: E402
+
+
+def mean_dsc(weights: Path, cases: list[tuple], device: str) -> tuple[float, list[float]]:
+    """Mean DSC (and the per-case values) of ``weights`` on ``(name, image, mask)`` cases."""
+    segment = Segmenter(weights, device)
+    values = [metrics.dice(metrics.confusion(segment(image)[0], mask.data))
+              for _, image, mask in cases]
+    return float(np.mean(values)), values
+
+
+def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, device: str,
+              freeze_norm: bool) -> dict:
+    """Fine-tune ``weights`` on ``cases`` for ``minutes``; what the engine reports."""
+    from napari_dunet.inference import resolve_device
+    from napari_dunet.training.config import TrainConfig
+    from napari_dunet.training.data import prepare_case
+    from napari_dunet.training.engine import train
+
+    prepared = [prepare_case(image.data, mask.data, image.affine, name)
+                for name, image, mask in cases]
+    dtype = "fp32"
+    if resolve_device(device).type == "cpu":
+        from napari_dunet.cpu_dtype import measured_dtype
+        from napari_dunet.fast import prepare_model
+        from napari_dunet.models import build_model
+
+        model = build_model(read_metadata(weights)["model"])
+        dtype = "bf16" if measured_dtype(prepare_model(model, resolve_device(device)))["dtype"] \
+            == "mixed" else "fp32"
+    config = TrainConfig(model=read_metadata(weights)["model"], epochs=10_000, batch_size=8,
+                         lr=1e-4, crop_size=96, steps_per_epoch=10, patience=0,
+                         max_minutes=minutes, device=device, precision=dtype,
+                         freeze_norm=freeze_norm)
+    started = time.perf_counter()
+    result = train(prepared, [], config, out, init=weights)
+    return {"epochs": result.epochs_completed, "dtype": dtype, "stop": result.stop_reason,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def plot(results: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    shots = [r["shots"] for r in results["runs"]]
+    ax.axhline(results["before"]["target_dsc"], color="tab:blue", linestyle="--",
+               label="target domain, before")
+    ax.plot(shots, [r["target_dsc"] for r in results["runs"]], "o-", color="tab:blue",
+            label="target domain, after")
+    if results["before"].get("source_dsc") is not None:
+        ax.axhline(results["before"]["source_dsc"], color="tab:gray", linestyle="--",
+                   label="source cases, before")
+        ax.plot(shots, [r["source_dsc"] for r in results["runs"]], "s-", color="tab:gray",
+                label="source cases, after")
+    ax.set_xlabel("corrected cases fine-tuned on")
+    ax.set_ylabel("mean DSC")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(shots)
+    ax.set_title(f"{results['minutes']:g} min of fine-tuning, {results['cpu']}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, default=default_checkpoint(), metavar="FILE")
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 3, 10], metavar="N")
+    parser.add_argument("--minutes", type=float, default=5.0, help="fine-tuning budget per run")
+    parser.add_argument("--eval", type=int, default=6, metavar="K",
+                        help="target-domain cases scored (after the largest N; default 6)")
+    parser.add_argument("--source", type=Path, metavar="DIR",
+                        help="cases of the source domain, for forgetting (a BIDS folder)")
+    parser.add_argument("--source-limit", type=int, default=4, metavar="K")
+    parser.add_argument("--data", type=Path, default=DATA, metavar="DIR")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--freeze-norm", action="store_true",
+                        help="keep the BatchNorm statistics of --weights while fine-tuning")
+    parser.add_argument("--seed", type=int, default=1, help="the domain's seed (default 1)")
+    parser.add_argument("--json", type=Path, metavar="PATH")
+    parser.add_argument("--plot", type=Path, metavar="PNG")
+    args = parser.parse_args(argv)
+    if max(args.shots) + args.eval > 20:
+        parser.error("the domain has 20 lesions: largest N + --eval must be at most 20")
+
+    domain = [(name, image, mask) for name, image, mask, _, _ in
+              clinical_cases(args.data, max(args.shots) + args.eval, args.seed, None)]
+    train_pool, held_out = domain[:max(args.shots)], domain[max(args.shots):]
+    source = []
+    if args.source is not None:
+        for case in find_cases(args.source)[:args.source_limit]:
+            volume = load_volume(case.image)
+            source.append((case.name, volume, case.load_mask(volume)))
+
+    def scores(weights: Path) -> dict:
+        target, per_case = mean_dsc(weights, held_out, args.device)
+        return {"target_dsc": target, "target_per_case": per_case,
+                "source_dsc": mean_dsc(weights, source, args.device)[0] if source else None}
+
+    results = {"weights": str(args.weights), "cpu": cpu_name(), "minutes": args.minutes,
+               "eval_cases": [name for name, _, _ in held_out],
+               "source_cases": [name for name, _, _ in source],
+               "before": scores(args.weights), "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.shots:
+            out = Path(tmp) / f"tuned_{n}.safetensors"
+            run = fine_tune(args.weights, train_pool[:n], args.minutes, out, args.device,
+                            args.freeze_norm)
+            results["runs"].append({"shots": n, **run, **scores(out)})
+            print(f"N={n}: {run['epochs']} epochs in {run['seconds']:.0f} s, target DSC "
+                  f"{results['runs'][-1]['target_dsc']:.3f}", file=sys.stderr, flush=True)
+
+    b = results["before"]
+    print(f"fine-tuning {args.weights.name} on the thick-slice clinical domain; "
+          f"{args.minutes:g} min per run; CPU {results['cpu']}")
+    print(f"{'N':>3} {'epochs':>6} {'target DSC':>11} {'change':>7} {'source DSC':>11} {'change':>7}")
+    src = (lambda v: f"{v:>11.3f}") if source else (lambda v: f"{'-':>11}")
+    print(f"{0:>3} {0:>6} {b['target_dsc']:>11.3f} {'':>7} {src(b['source_dsc'])} {'':>7}")
+    for r in results["runs"]:
+        d_src = f"{r['source_dsc'] - b['source_dsc']:>+7.3f}" if source else f"{'-':>7}"
+        print(f"{r['shots']:>3} {r['epochs']:>6} {r['target_dsc']:>11.3f} "
+              f"{r['target_dsc'] - b['target_dsc']:>+7.3f} {src(r['source_dsc'])} {d_src}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
