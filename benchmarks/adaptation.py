@@ -51,7 +51,10 @@ def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, devi
     from napari_dunet.training.data import prepare_case
     from napari_dunet.training.engine import train
 
-    prepared = [prepare_case(image.data, mask.data, image.affine, name)
+    from napari_dunet.segmentation import checkpoint_preprocessing
+
+    scheme = checkpoint_preprocessing(read_metadata(weights))  # a fine-tune keeps it
+    prepared = [prepare_case(image.data, mask.data, image.affine, name, scheme=scheme)
                 for name, image, mask in cases]
     dtype = "fp32"
     if resolve_device(device).type == "cpu":
@@ -65,7 +68,7 @@ def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, devi
     config = TrainConfig(model=read_metadata(weights)["model"], epochs=10_000, batch_size=8,
                          lr=1e-4, crop_size=96, steps_per_epoch=10, patience=0,
                          max_minutes=minutes, device=device, precision=dtype,
-                         freeze_norm=freeze_norm)
+                         freeze_norm=freeze_norm, preprocessing=scheme)
     started = time.perf_counter()
     result = train(prepared, [], config, out, init=weights)
     return {"epochs": result.epochs_completed, "dtype": dtype, "stop": result.stop_reason,
@@ -106,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, metavar="DIR",
                         help="cases of the source domain, for forgetting (a BIDS folder)")
     parser.add_argument("--source-limit", type=int, default=4, metavar="K")
+    parser.add_argument("--mix-source", type=int, default=0, metavar="M",
+                        help="also fine-tune on M source cases (the ones after the scored "
+                             "ones), against forgetting (default 0)")
     parser.add_argument("--data", type=Path, default=DATA, metavar="DIR")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--freeze-norm", action="store_true",
@@ -120,11 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     domain = [(name, image, mask) for name, image, mask, _, _ in
               clinical_cases(args.data, max(args.shots) + args.eval, args.seed, None)]
     train_pool, held_out = domain[:max(args.shots)], domain[max(args.shots):]
-    source = []
+    source, mixed = [], []
     if args.source is not None:
-        for case in find_cases(args.source)[:args.source_limit]:
+        found = find_cases(args.source)
+        for case in found[:args.source_limit + args.mix_source]:
             volume = load_volume(case.image)
             source.append((case.name, volume, case.load_mask(volume)))
+        source, mixed = source[:args.source_limit], source[args.source_limit:]
+    if len(mixed) < args.mix_source:
+        parser.error(f"--mix-source {args.mix_source}: only {len(mixed)} source cases left after "
+                     f"the {args.source_limit} scored ones")
 
     def scores(weights: Path) -> dict:
         target, per_case = mean_dsc(weights, held_out, args.device)
@@ -132,14 +143,15 @@ def main(argv: list[str] | None = None) -> int:
                 "source_dsc": mean_dsc(weights, source, args.device)[0] if source else None}
 
     results = {"weights": str(args.weights), "cpu": cpu_name(), "minutes": args.minutes,
+               "mixed_source_cases": [name for name, _, _ in mixed],
                "eval_cases": [name for name, _, _ in held_out],
                "source_cases": [name for name, _, _ in source],
                "before": scores(args.weights), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.shots:
             out = Path(tmp) / f"tuned_{n}.safetensors"
-            run = fine_tune(args.weights, train_pool[:n], args.minutes, out, args.device,
-                            args.freeze_norm)
+            run = fine_tune(args.weights, train_pool[:n] + mixed, args.minutes, out,
+                            args.device, args.freeze_norm)
             results["runs"].append({"shots": n, **run, **scores(out)})
             print(f"N={n}: {run['epochs']} epochs in {run['seconds']:.0f} s, target DSC "
                   f"{results['runs'][-1]['target_dsc']:.3f}", file=sys.stderr, flush=True)

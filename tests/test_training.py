@@ -251,6 +251,14 @@ def test_fine_tuning_with_frozen_normalisation_keeps_the_batchnorm_statistics(ti
     assert weights_moved  # the weights still learn
 
 
+def test_fine_tuning_refuses_another_preprocessing_than_its_start(tiny_model, tmp_path):
+    cases = synthetic_cases(2)
+    base = train(cases, [], config(tiny_model, epochs=1), tmp_path / "base.safetensors")
+    with pytest.raises(CheckpointError, match="expects the 'physical' preprocessing"):
+        train(cases, [], config(tiny_model, epochs=1, preprocessing="legacy"),
+              tmp_path / "tuned.safetensors", init=base.checkpoint)
+
+
 def test_stop_mid_epoch_keeps_the_last_completed_epoch(tiny_model, tmp_path):
     out = tmp_path / "m.safetensors"
     steps = []

@@ -113,3 +113,17 @@ def test_refuses_to_overwrite_and_too_few_cases(dataset, tmp_path, capsys):
     with pytest.warns(UserWarning, match="no lesion mask"):
         assert main(["train", "--data", str(empty), "--out", str(tmp_path / "y.safetensors")]) == 2
     assert "no image with a lesion mask" in capsys.readouterr().err
+
+
+def test_a_fine_tune_keeps_the_preprocessing_of_its_starting_weights(dataset, tmp_path):
+    from napari_dunet import weights
+    from napari_dunet.segmentation import checkpoint_preprocessing
+
+    bundled = checkpoint_preprocessing(read_metadata(weights.default_checkpoint()))
+    out = tmp_path / "tuned.safetensors"
+    assert main(["train", "--data", str(dataset), "--out", str(out), "--init", "default",
+                 "--epochs", "1", "--val-fraction", "0", "--input-size", "32",
+                 "--steps-per-epoch", "1", "--batch-size", "1"]) == 0
+    meta = read_metadata(out)
+    assert meta["preprocessing"]["scheme"] == bundled  # segmenting with it prepares as trained
+    assert meta["training"]["config"]["preprocessing"] == bundled

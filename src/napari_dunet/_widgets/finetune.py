@@ -69,18 +69,22 @@ def finetune_events(job: FinetuneJob, cancel: Any = None) -> Generator[Any, None
     ``TrainResult``.
     """
     from ..checkpoint import read_metadata
+    from ..segmentation import checkpoint_preprocessing
     from ..training.data import load_case, prepare_case, split_cases
     from ..training.engine import training_events
 
-    if job.init is not None:
-        job.config.model = read_metadata(job.init)["model"]
-    size = job.config.input_size
+    if job.init is not None:  # the starting model's network and preprocessing
+        metadata = read_metadata(job.init)
+        job.config.model = metadata["model"]
+        job.config.preprocessing = checkpoint_preprocessing(metadata)
+    size, scheme = job.config.input_size, job.config.preprocessing
     cases = []
     for pair in job.pairs:
         if cancel is not None and cancel():
             return None
-        cases.append(prepare_case(pair.volume.data, pair.mask, pair.volume.affine, pair.name, size)
-                     if isinstance(pair, LayerPair) else load_case(pair, size))
+        cases.append(prepare_case(pair.volume.data, pair.mask, pair.volume.affine, pair.name, size,
+                                  scheme) if isinstance(pair, LayerPair)
+                     else load_case(pair, size, scheme))
         yield Preparing(len(cases), len(job.pairs))
     fraction = job.val_pairs / len(cases) if job.val_pairs else 0.0
     train_cases, val_cases = split_cases(cases, fraction, job.config.seed)

@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss, augment=args.augment, lesion_fraction=args.lesion_fraction,
         patience=args.patience, seed=args.seed, input_size=args.input_size, crop_size=args.crop_size,
         steps_per_epoch=args.steps_per_epoch, device=args.device,
-        precision=args.precision, max_minutes=args.max_minutes, freeze_norm=args.freeze_norm)
+        precision=args.precision, max_minutes=args.max_minutes, freeze_norm=args.freeze_norm,
+        preprocessing=_init_preprocessing(args.init))
     config.check()
     if not args.data and not args.synth:
         raise InputError("give training cases with --data, or anatomies to draw from with --synth.")
@@ -149,8 +150,9 @@ def _cases_from_disk(args: argparse.Namespace, config, dist, log, where: str) ->
                          f"processes; every process needs at least one.")
     log(f"{len(train_files)} training and {len(val_files)} validation cases; {where}")
     started = time.perf_counter()
-    train_cases = load_cases(dist.shard(train_files), config.input_size)
-    val_cases = load_cases(dist.shard(val_files), config.input_size)
+    train_cases = load_cases(dist.shard(train_files), config.input_size,
+                             scheme=config.preprocessing)
+    val_cases = load_cases(dist.shard(val_files), config.input_size, scheme=config.preprocessing)
     log(f"prepared in {time.perf_counter() - started:.0f} s")
     return train_cases, val_cases
 
@@ -167,9 +169,10 @@ def _synthetic_cases(args: argparse.Namespace, config, dist, log, where: str) ->
     if config.steps_per_epoch is None:
         raise InputError("--synth needs --steps-per-epoch (the cases never run out).")
     source = SynthSource(tuple(args.synth), tuple(lesion_files(args.lesions)),
-                         input_size=config.input_size).check()
+                         input_size=config.input_size, scheme=config.preprocessing).check()
     if args.data:
-        val_cases = load_cases(dist.shard(find_training_cases(args.data)), config.input_size)
+        val_cases = load_cases(dist.shard(find_training_cases(args.data)), config.input_size,
+                               scheme=config.preprocessing)
     else:
         val_cases = dist.shard(validation_cases(source, 4)) if args.val_fraction > 0 else []
     log(f"drawing from {len(source.anatomies)} anatomies and {len(source.lesions)} lesion shapes; "
@@ -182,6 +185,18 @@ def _init_model(init: Path | None) -> str:
     from ..options import DEFAULT_MODEL
 
     return read_metadata(init)["model"] if init is not None else DEFAULT_MODEL
+
+
+def _init_preprocessing(init: Path | None) -> str:
+    """The preprocessing a fine-tune keeps: its starting checkpoint's (else the default)."""
+    from ..checkpoint import read_metadata
+    from ..options import DEFAULT_PREPROCESSING
+
+    if init is None:
+        return DEFAULT_PREPROCESSING
+    from ..segmentation import checkpoint_preprocessing
+
+    return checkpoint_preprocessing(read_metadata(init))
 
 
 def _fmt(value: float | None) -> str:

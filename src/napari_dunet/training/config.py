@@ -41,13 +41,18 @@ class TrainConfig:
     # a few small batches of crops would otherwise replace those of the whole slices the
     # network segments
     freeze_norm: bool = False
+    # the preprocessing scheme the cases are prepared with and the model will expect; a
+    # fine-tune keeps its starting checkpoint's (``options.PREPROCESSING``)
+    preprocessing: str = options.DEFAULT_PREPROCESSING
 
     def check(self) -> None:
         """Raise ``InputError`` for values training cannot run with (imports no torch)."""
         problems = [p for p in (check_choice("model", self.model, options.MODELS),
                                 check_choice("loss", self.loss, LOSSES),
                                 check_choice("optimizer", self.optimizer, OPTIMIZERS),
-                                check_choice("precision", self.precision, PRECISIONS)) if p]
+                                check_choice("precision", self.precision, PRECISIONS),
+                                check_choice("preprocessing", self.preprocessing,
+                                             options.PREPROCESSING)) if p]
         if self.epochs < 1 or self.batch_size < 1 or self.val_batch_size < 1:
             problems.append("epochs and batch sizes must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):

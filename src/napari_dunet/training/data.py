@@ -84,11 +84,12 @@ def prepare_case(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, name: 
     return TrainingCase(name, slices.half(), masks.to(torch.uint8))
 
 
-def load_case(case: Case, input_size: int = INPUT_SIZE) -> TrainingCase:
+def load_case(case: Case, input_size: int = INPUT_SIZE,
+              scheme: str = DEFAULT_SCHEME) -> TrainingCase:
     """Read a ``io.Case`` (image and its mask files) from disk and prepare it."""
     volume = load_volume(case.image)
     mask = case.load_mask(volume)
-    return prepare_case(volume.data, mask.data, volume.affine, case.name, input_size)
+    return prepare_case(volume.data, mask.data, volume.affine, case.name, input_size, scheme)
 
 
 def find_training_cases(sources: Sequence[str | os.PathLike]) -> list[Case]:
@@ -194,11 +195,12 @@ def make_batch(cases: Sequence[TrainingCase], picks: np.ndarray) -> tuple[torch.
 
 
 def load_cases(cases: Sequence[Case], input_size: int = INPUT_SIZE,
-               progress: Callable[[int, int], None] | None = None) -> list[TrainingCase]:
+               progress: Callable[[int, int], None] | None = None,
+               scheme: str = DEFAULT_SCHEME) -> list[TrainingCase]:
     """Prepare several cases from disk, reporting ``progress(done, total)``."""
     prepared = []
     for i, case in enumerate(cases):
-        prepared.append(load_case(case, input_size))
+        prepared.append(load_case(case, input_size, scheme))
         if progress is not None:
             progress(i + 1, len(cases))
     return prepared

@@ -33,6 +33,7 @@ from ..inference import Precision, precision_context, predict_slices, resolve_de
 from ..losses import get_loss
 from ..metrics import Confusion, confusion, dice
 from ..models import build_model
+from ..segmentation import checkpoint_preprocessing
 from .augment import Augmentation, augment_batch, random_crops
 from .config import TrainConfig
 from .data import BalancedSampler, TrainingCase, make_batch
@@ -155,7 +156,12 @@ class _Trainer:
 
         torch.manual_seed(config.seed)
         if init is not None:
-            model, _ = load_checkpoint(init, model_name=config.model)
+            model, metadata = load_checkpoint(init, model_name=config.model)
+            expects = checkpoint_preprocessing(metadata)
+            if expects != config.preprocessing:
+                raise CheckpointError(f"{init} expects the '{expects}' preprocessing; fine-tune "
+                                      f"it with that one (TrainConfig.preprocessing), not "
+                                      f"'{config.preprocessing}'.")
         else:
             model = build_model(config.model)
         self.model = model.to(self.device)
@@ -332,7 +338,8 @@ class _Trainer:
 
     def _metadata(self) -> dict[str, Any]:
         meta = default_metadata(self.config.model)
-        meta["preprocessing"]["input_size"] = self.config.input_size
+        meta["preprocessing"].update(input_size=self.config.input_size,
+                                     scheme=self.config.preprocessing)
         last = self.history[-1]
         meta["training"] = {
             "epoch": self.epoch, "train_loss": last.train_loss, "val_dsc": last.val_dsc,
