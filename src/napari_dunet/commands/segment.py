@@ -149,8 +149,6 @@ def local_gpu(local_rank: int) -> str:
 
 def check_output_folder(folder: Path) -> None:
     """Refuse, before any work, an output that is a file or a folder this user cannot write."""
-    import os
-
     from ..errors import InputError
 
     if folder.exists() and not folder.is_dir():
@@ -188,7 +186,7 @@ def segment_cases(cases: list[Case], model: nn.Module, meta: dict, options: Segm
                 result = write_outputs(segmented, args.output, case.name,
                                        save_prob=args.save_prob, overwrite=args.overwrite)
             except Exception as exc:  # noqa: BLE001 - one case's failure must not end a cohort
-                if progress is not None:
+                if progress is not None:  # the bar leaves the line before the error
                     progress.clear()
                 failed.append(case.name)
                 problem = (str(exc) if isinstance(exc, DunetError) else
