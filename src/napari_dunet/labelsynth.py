@@ -38,9 +38,11 @@ from .io import Volume, load_volume
 from .synth import Anatomy, _bias_field, anatomy_from_t1, load_anatomy, resample_mask
 from .tissue import head_mask
 
-# label values of a label map
-BACKGROUND, HEAD, CSF, GM, WM, CORE, RIM = 0, (1, 2), (3, 4), (5, 6, 7), (8, 9), 10, 11
-N_LABELS = 12
+# label values of a label map; HEAD: scalp, fat and muscle; OTHER: the dark rest of a head
+# (bone, air spaces, the eyes' fluid), bright or dark depending on the contrast
+BACKGROUND, HEAD, CSF, GM, WM, CORE, RIM, OTHER = 0, (1, 2), (3, 4), (5, 6, 7), (8, 9), 10, 11, 12
+N_LABELS = 13
+EXTRA_AXIAL_MM = 2.0  # the dark band this deep around the brain of a skull-on scan is CSF
 TISSUE_LEVELS = {"head": HEAD, "csf": CSF, "gm": GM, "wm": WM}
 
 
@@ -84,8 +86,10 @@ class LabelAnatomy:
 
 def label_anatomy(anatomy: Anatomy, name: str) -> LabelAnatomy:
     """Labels from an ``synth.Anatomy``: CSF, GM and WM split into intensity sub-classes (so
-    that a draw has texture within a tissue, as SynthSeg's many labels give it), and the skull
-    and scalp of a skull-on scan in two classes."""
+    that a draw has texture within a tissue, as SynthSeg's many labels give it). A skull-on
+    scan also gets its scalp in two classes, the dark band around the brain as CSF (the
+    extra-axial CSF, bright in a T2 scan) and the rest inside the head (bone, air spaces, eyes)
+    as ``OTHER``, so that fluid and bone outside the brain are drawn in every contrast too."""
     data, brain = anatomy.t1.data, anatomy.brain
     csf = brain & (anatomy.csf >= 0.5)
     wm = brain & ~csf & (anatomy.wm >= 0.5)
@@ -94,9 +98,21 @@ def label_anatomy(anatomy: Anatomy, name: str) -> LabelAnatomy:
     head = head_mask(data, 1) & ~brain
     if head.sum() > 0.2 * brain.sum():  # a skull-on scan
         _split(labels, data, head, HEAD)
+        inside = _filled_axially(head | brain) & ~head & ~brain
+        band = ndi.distance_transform_edt(~brain, sampling=anatomy.t1.voxel_size) <= EXTRA_AXIAL_MM
+        labels[inside & band] = CSF[0]
+        labels[inside & ~band] = OTHER
     for mask, values in ((csf, CSF), (gm, GM), (wm, WM)):
         _split(labels, data, mask, values)
     return LabelAnatomy(name, labels, anatomy.t1.affine.copy())
+
+
+def _filled_axially(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with the holes of each axial plane filled (the skull inside the scalp)."""
+    filled = mask.copy()
+    for z in range(mask.shape[2]):
+        filled[:, :, z] = ndi.binary_fill_holes(mask[:, :, z])
+    return filled
 
 
 def _split(labels: np.ndarray, data: np.ndarray, mask: np.ndarray, values: tuple[int, ...]) -> None:
@@ -138,7 +154,7 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
     drawn = lesion if rng.random() >= ranges.lesion_free else np.zeros_like(lesion)
     labels = with_lesion(anatomy.labels, drawn, rng, ranges)
     if anatomy.has_skull and rng.random() < ranges.strip_skull:
-        labels[np.isin(labels, HEAD)] = BACKGROUND
+        labels[np.isin(labels, HEAD + (OTHER,))] = BACKGROUND
     labels = _deform(labels, rng, ranges)
     image = _paint(labels, rng, ranges)
     mask = ((labels == CORE) | (labels == RIM)).astype(np.float32)
@@ -213,6 +229,7 @@ def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRange
         for values, level, spread in ((CSF, csf, 0.05), (GM, gm, 0.06), (WM, wm, 0.04)):
             means[list(values)] = level + rng.uniform(-spread, spread, len(values))
         means[list(HEAD)] = rng.uniform(0.1, 1.1, len(HEAD))
+        means[OTHER] = wm * rng.uniform(0.0, 0.3)  # bone and air: dark in a T1 scan
     csf = float(means[list(CSF)].mean())
     tissue = float(means[list(GM) + list(WM)].mean())
     if rng.random() < ranges.core_like_csf:
