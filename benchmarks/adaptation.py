@@ -32,6 +32,7 @@ from napari_dunet import metrics  # noqa: E402
 from napari_dunet.checkpoint import read_metadata  # noqa: E402
 from napari_dunet.cpu_dtype import cpu_name  # noqa: E402
 from napari_dunet.io import find_cases, load_volume  # noqa: E402
+from napari_dunet.options import TRAIN_LAYERS  # noqa: E402
 from napari_dunet.weights import default_checkpoint  # noqa: E402
 
 
@@ -44,8 +45,9 @@ def mean_dsc(weights: Path, cases: list[tuple], device: str) -> tuple[float, lis
 
 
 def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, device: str,
-              freeze_norm: bool) -> dict:
-    """Fine-tune ``weights`` on ``cases`` for ``minutes``; what the engine reports."""
+              **options) -> dict:
+    """Fine-tune ``weights`` on ``cases`` for ``minutes`` (``options``: more ``TrainConfig``
+    fields); what the engine reports."""
     from napari_dunet.inference import resolve_device
     from napari_dunet.training.config import TrainConfig
     from napari_dunet.training.data import prepare_case
@@ -66,12 +68,12 @@ def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, devi
         dtype = "bf16" if measured_dtype(prepare_model(model, resolve_device(device)))["dtype"] \
             == "mixed" else "fp32"
     config = TrainConfig(model=read_metadata(weights)["model"], epochs=10_000, batch_size=8,
-                         lr=1e-4, crop_size=96, steps_per_epoch=10, patience=0,
-                         max_minutes=minutes, device=device, precision=dtype,
-                         freeze_norm=freeze_norm, preprocessing=scheme)
+                         crop_size=96, steps_per_epoch=10, patience=0, max_minutes=minutes,
+                         device=device, precision=dtype, preprocessing=scheme, **options)
     started = time.perf_counter()
     result = train(prepared, [], config, out, init=weights)
-    return {"epochs": result.epochs_completed, "dtype": dtype, "stop": result.stop_reason,
+    return {"epochs": result.epochs_completed, "steps": result.epochs_completed * 10,
+            "dtype": dtype, "stop": result.stop_reason,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -116,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--freeze-norm", action="store_true",
                         help="keep the BatchNorm statistics of --weights while fine-tuning")
+    parser.add_argument("--train-layers", choices=TRAIN_LAYERS, default="all",
+                        help="train every layer, or only the decoder and head (default all)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    parser.add_argument("--warmup-steps", type=int, default=0, metavar="K",
+                        help="linear learning-rate warm-up (default 0)")
     parser.add_argument("--seed", type=int, default=1, help="the domain's seed (default 1)")
     parser.add_argument("--json", type=Path, metavar="PATH")
     parser.add_argument("--plot", type=Path, metavar="PNG")
@@ -143,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 "source_dsc": mean_dsc(weights, source, args.device)[0] if source else None}
 
     results = {"weights": str(args.weights), "cpu": cpu_name(), "minutes": args.minutes,
+               "options": {k: getattr(args, k) for k in
+                           ("freeze_norm", "train_layers", "lr", "warmup_steps")},
                "mixed_source_cases": [name for name, _, _ in mixed],
                "eval_cases": [name for name, _, _ in held_out],
                "source_cases": [name for name, _, _ in source],
@@ -150,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.shots:
             out = Path(tmp) / f"tuned_{n}.safetensors"
-            run = fine_tune(args.weights, train_pool[:n] + mixed, args.minutes, out,
-                            args.device, args.freeze_norm)
+            run = fine_tune(args.weights, train_pool[:n] + mixed, args.minutes, out, args.device,
+                            freeze_norm=args.freeze_norm, train_layers=args.train_layers,
+                            lr=args.lr, warmup_steps=args.warmup_steps)
             results["runs"].append({"shots": n, **run, **scores(out)})
             print(f"N={n}: {run['epochs']} epochs in {run['seconds']:.0f} s, target DSC "
                   f"{results['runs'][-1]['target_dsc']:.3f}", file=sys.stderr, flush=True)

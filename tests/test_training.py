@@ -251,6 +251,38 @@ def test_fine_tuning_with_frozen_normalisation_keeps_the_batchnorm_statistics(ti
     assert weights_moved  # the weights still learn
 
 
+def test_decoder_only_fine_tuning_keeps_the_encoder_exactly(tiny_model, tmp_path):
+    cases = synthetic_cases(2)
+    base = train(cases, [], config(tiny_model, epochs=1), tmp_path / "base.safetensors")
+    start, _ = load_checkpoint(base.checkpoint)
+    tuned = train(cases, [], config(tiny_model, epochs=1, train_layers="decoder"),
+                  tmp_path / "tuned.safetensors", init=base.checkpoint)
+    model, meta = load_checkpoint(tuned.checkpoint)
+    after = dict(model.state_dict())
+    moved = {name for name, before in start.state_dict().items()
+             if not torch.equal(before, after[name])}
+    assert moved and all(name.startswith(("decoder.", "head.")) for name in moved)
+    assert any(name.startswith("head.") for name in moved)
+    assert meta["training"]["config"]["train_layers"] == "decoder"
+    with pytest.raises(CheckpointError, match="train_layers"):  # resume needs the same layers
+        train(cases, [], config(tiny_model, epochs=2), tmp_path / "tuned.safetensors", resume=True)
+
+
+def test_warm_up_raises_the_learning_rate_step_by_step(tiny_model, tmp_path, monkeypatch):
+    seen = []
+    step = engine._Trainer._step
+
+    def record(self, *args):
+        loss = step(self, *args)
+        seen.append(self.optimizer.param_groups[0]["lr"])  # what this step ran with
+        return loss
+
+    monkeypatch.setattr(engine._Trainer, "_step", record)
+    train(synthetic_cases(2), [], config(tiny_model, epochs=2, lr=1e-3, warmup_steps=4),
+          tmp_path / "m.safetensors")  # 2 epochs of 3 steps
+    assert seen == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
 def test_fine_tuning_refuses_another_preprocessing_than_its_start(tiny_model, tmp_path):
     cases = synthetic_cases(2)
     base = train(cases, [], config(tiny_model, epochs=1), tmp_path / "base.safetensors")
@@ -316,7 +348,8 @@ def test_early_stopping_keeps_the_best_epoch(tiny_model, tmp_path, monkeypatch):
 @pytest.mark.parametrize("change, message", [
     ({"loss": "bce"}, "unknown loss"), ({"optimizer": "rmsprop"}, "unknown optimizer"),
     ({"input_size": 100}, "multiple of 16"), ({"crop_size": 48}, "crop size"), ({"lr": 0.0}, "learning rate"),
-    ({"model": "nope"}, "unknown model")])
+    ({"model": "nope"}, "unknown model"), ({"train_layers": "encoder"}, "unknown train layers"),
+    ({"warmup_steps": -1}, "warm-up")])
 def test_bad_options_are_refused_with_a_clear_message(change, message, tmp_path):
     with pytest.raises(InputError, match=message):
         train(synthetic_cases(1), [], config(**{"model": "dunet", **change}), tmp_path / "m.safetensors")

@@ -16,6 +16,7 @@ MODELS = ("dunet", "unet2d-transform", "unet2d-original", "unet3d-transform", "a
 DEFAULT_MODEL = "dunet"
 LOSSES = ("eml", "focal", "dice")
 OPTIMIZERS = ("adam", "sgd")
+TRAIN_LAYERS = ("all", "decoder")  # what training changes: every layer, or the decoder and head
 PRECISIONS = ("auto", "fp32", "bf16", "mixed")
 """Compute dtypes (``--dtype``): ``auto`` bf16 autocast on GPUs, ``mixed`` on CPUs with bf16
 instructions, else fp32; ``mixed`` bf16 with the maps near the threshold run again in fp32."""

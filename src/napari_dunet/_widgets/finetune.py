@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Generator
 
+import time
+
 import napari
 import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, FileEdit, LineEdit, ProgressBar, PushButton,
@@ -25,12 +27,14 @@ from .. import model_store
 from ..errors import DunetError, InputError
 from ..io import Case, Volume
 from ..layers import layer_volume, same_grid_kwargs
-from ..options import DEVICES, LOSSES
+from ..options import DEVICES, LOSSES, TRAIN_LAYERS
 from ..training.config import TrainConfig
 from .layout import Panel, elided_label
 from .runner import JobRunner, failure
 
 MODEL_FOLDER = Path.home() / "napari-dunet" / "models"
+QUICK_CROP, QUICK_STEPS = 96, 10  # the quick default: short epochs of crops (benchmarks/adaptation.py)
+PROGRESS_STEPS = 1000
 
 
 @dataclass
@@ -109,14 +113,23 @@ class FinetuneWidget(Panel):
         self._pairs = Select(label="Training pairs", choices=[], allow_multiple=True,
                              tooltip="Empty: the image and mask chosen above")
         self._remove = PushButton(text="Remove selected")
-        self._epochs = SpinBox(label="Epochs", value=10, min=1, max=1000)
+        self._epochs = SpinBox(label="Epochs", value=1000, min=1, max=100_000,
+                               tooltip="At most this many epochs; Minutes usually ends the run")
         self._lr = LineEdit(label="Learning rate", value=f"{defaults.lr:g}",
                             tooltip="Adam learning rate")
         self._loss = ComboBox(label="Loss", choices=LOSSES, value=defaults.loss,
                               tooltip="eml: the paper's enhanced mixing loss")
         self._batch = SpinBox(label="Batch size", value=defaults.batch_size, min=1, max=256,
                               tooltip="Stacks of slices per training step (smaller: less memory)")
-        self._steps = SpinBox(label="Steps/epoch", value=0, min=0, max=100_000,
+        self._layers = ComboBox(
+            label="Train", value="decoder",
+            choices=[("decoder (quick)" if v == "decoder" else "all layers", v) for v in TRAIN_LAYERS],
+            tooltip="decoder: only the decoder learns, the encoder stays as it was (faster steps, "
+                    "and the model keeps more of what it knew); all layers: for many cases")
+        self._crop = SpinBox(label="Crop size", value=QUICK_CROP, min=0, max=defaults.input_size,
+                             step=16, tooltip="Train on windows of this many pixels, centred on "
+                                              "the lesion in lesion slices (faster); 0: whole slices")
+        self._steps = SpinBox(label="Steps/epoch", value=QUICK_STEPS, min=0, max=100_000,
                               tooltip="Training steps per epoch; 0: as many stacks as the pairs "
                                       "have head slices")
         self._minutes = SpinBox(label="Minutes", value=5, min=0, max=10_000,
@@ -132,10 +145,11 @@ class FinetuneWidget(Panel):
                              value=default_output())
         self._start = PushButton(text="Start")
         self._stop = PushButton(text="Stop", enabled=False)
-        self._progress = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self._progress = ProgressBar(label="Progress", value=0, min=0, max=PROGRESS_STEPS)
         self._status = elided_label(label="Status", value="idle")
         self.extend([self._image, self._mask, self._add_pair, self._add_folder, self._pairs,
-                     self._remove, self._epochs, self._lr, self._loss, self._batch, self._steps,
+                     self._remove, self._layers, self._epochs, self._lr, self._loss, self._batch,
+                     self._crop, self._steps,
                      self._minutes, self._freeze_norm, self._val, self._device,
                      self._out, self._start, self._stop, self._progress, self._status])
         self._plot = TrainingPlot()
@@ -147,7 +161,7 @@ class FinetuneWidget(Panel):
         self._sources: dict[str, Any] = {}  # list entry -> (image, labels) layers or io.Case
         self._runner = JobRunner(self, self._set_running)
         self._job: FinetuneJob | None = None
-        self._saved = False
+        self._saved, self._started = False, 0.0
 
         self._add_pair.changed.connect(self.add_current_pair)
         self._add_folder.changed.connect(self._folder_clicked)
@@ -234,6 +248,7 @@ class FinetuneWidget(Panel):
             "epochs": int(self._epochs.value), "lr": lr, "loss": self._loss.value,
             "device": self._device.value, "batch_size": int(self._batch.value),
             "steps_per_epoch": int(self._steps.value) or None,
+            "train_layers": self._layers.value, "crop_size": int(self._crop.value) or None,
             "max_minutes": float(self._minutes.value) or None,
             "freeze_norm": bool(self._freeze_norm.value), **self.config_overrides})
         config.check()
@@ -257,7 +272,7 @@ class FinetuneWidget(Panel):
             return
         for note in job.notes:
             show_info(note)
-        self._job, self._saved = job, False
+        self._job, self._saved, self._started = job, False, time.monotonic()
         self._plot.clear(validation=job.val_pairs > 0)
         self._runner.start(finetune_events, job, yielded=self._on_event,
                            returned=self._on_finished, aborted=lambda: self._on_finished(None),
@@ -282,8 +297,11 @@ class FinetuneWidget(Panel):
         if isinstance(event, Preparing):
             self._status.value = f"preparing pair {event.done} of {event.total}"
         elif isinstance(event, StepProgress):
-            self._progress.max = max(event.total, 1)
-            self._progress.value = event.done
+            fraction = event.done / max(event.total, 1)
+            minutes = self._job.config.max_minutes if self._job is not None else None
+            if minutes:  # a timed run: the share of its time used, if that is more
+                fraction = max(fraction, (time.monotonic() - self._started) / (60 * minutes))
+            self._progress.value = round(PROGRESS_STEPS * min(fraction, 1.0))
             self._status.value = f"epoch {event.epoch}, step {event.step} of {event.steps}"
             self._plot.add_step(event.epoch - 1 + event.step / event.steps, event.loss)
         elif isinstance(event, EpochMetrics):

@@ -19,7 +19,7 @@ torchrun --nproc_per_node N -m napari_dunet.cli train ... (--batch-size is per p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..options import LOSSES, OPTIMIZERS
+    from ..options import LOSSES, OPTIMIZERS, TRAIN_LAYERS
     from ..training.config import TrainConfig
 
     d = TrainConfig()
@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--freeze-norm", action="store_true",
                         help="keep the BatchNorm statistics of --init (few-case fine-tuning: a "
                              "few batches of crops would replace them)")
+    parser.add_argument("--train-layers", choices=TRAIN_LAYERS, default=d.train_layers,
+                        help="all (default), or decoder: only the decoder and output layer learn "
+                             "and the encoder stays as --init has it (quick few-case fine-tuning: "
+                             "faster steps, less forgetting)")
+    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, metavar="K",
+                        help="raise the learning rate linearly over the first K steps (default 0)")
     parser.add_argument("--max-minutes", type=float, metavar="M",
                         help="stop after M minutes of training: the running epoch ends at the "
                              "step that reaches the limit and is validated and saved")
@@ -110,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience, seed=args.seed, input_size=args.input_size, crop_size=args.crop_size,
         steps_per_epoch=args.steps_per_epoch, device=args.device,
         precision=args.precision, max_minutes=args.max_minutes, freeze_norm=args.freeze_norm,
-        preprocessing=_init_preprocessing(args.init))
+        train_layers=args.train_layers, warmup_steps=args.warmup_steps, preprocessing=_init_preprocessing(args.init))
     config.check()
     if not args.data and not args.synth:
         raise InputError("give training cases with --data, or anatomies to draw from with --synth.")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .. import options
 from ..errors import InputError
-from ..options import DEFAULT_MODEL, LOSSES, OPTIMIZERS, PRECISIONS, check_choice
+from ..options import DEFAULT_MODEL, LOSSES, OPTIMIZERS, PRECISIONS, TRAIN_LAYERS, check_choice
 
 INPUT_SIZE = 192  # preprocessing.INPUT_SIZE, without importing torch
 
@@ -41,6 +41,11 @@ class TrainConfig:
     # a few small batches of crops would otherwise replace those of the whole slices the
     # network segments
     freeze_norm: bool = False
+    # "decoder": only the decoder and the output layer learn; the encoder (weights and
+    # normalisation statistics) stays as it started, so features the network reads on the cases
+    # it was trained on are kept, and steps are faster (no gradient through the encoder)
+    train_layers: str = "all"
+    warmup_steps: int = 0  # the learning rate rises linearly to ``lr`` over this many steps
     # the preprocessing scheme the cases are prepared with and the model will expect; a
     # fine-tune keeps its starting checkpoint's (``options.PREPROCESSING``)
     preprocessing: str = options.DEFAULT_PREPROCESSING
@@ -51,6 +56,7 @@ class TrainConfig:
                                 check_choice("loss", self.loss, LOSSES),
                                 check_choice("optimizer", self.optimizer, OPTIMIZERS),
                                 check_choice("precision", self.precision, PRECISIONS),
+                                check_choice("train layers", self.train_layers, TRAIN_LAYERS),
                                 check_choice("preprocessing", self.preprocessing,
                                              options.PREPROCESSING)) if p]
         if self.epochs < 1 or self.batch_size < 1 or self.val_batch_size < 1:
@@ -65,6 +71,8 @@ class TrainConfig:
                 16 <= self.crop_size <= self.input_size and self.crop_size % 16 == 0):
             problems.append(f"the crop size must be a multiple of 16 between 16 and the input "
                             f"size {self.input_size}, got {self.crop_size}")
+        if self.warmup_steps < 0:
+            problems.append(f"warm-up steps must be 0 or more, got {self.warmup_steps}")
         if self.patience < 0:
             problems.append(f"patience must be 0 (off) or more epochs, got {self.patience}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:

@@ -185,7 +185,15 @@ class _Trainer:
 
     # -- setup ----------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        params, c = self.model.parameters(), self.config
+        c = self.config
+        if c.train_layers == "decoder":
+            learning = ("decoder.", "head.")
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(name.startswith(learning))
+            if not any(p.requires_grad for p in self.model.parameters()):
+                raise InputError(f"model '{c.model}' has no decoder to train on its own; train "
+                                 f"all layers.")
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if c.optimizer.lower() == "sgd":
             return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
         return torch.optim.Adam(params, lr=c.lr)
@@ -193,7 +201,7 @@ class _Trainer:
     def _restore(self) -> None:
         model_state, optimizer_state, info = read_state(self.state_file)
         saved = info.get("config", {})
-        for key in ("model", "optimizer", "input_size"):
+        for key in ("model", "optimizer", "input_size", "train_layers"):
             if str(saved.get(key)).lower() != str(getattr(self.config, key)).lower():
                 raise CheckpointError(
                     f"{self.state_file}: the saved training used {key} {saved.get(key)!r}, not "
@@ -229,15 +237,16 @@ class _Trainer:
                                                self.config.lesion_fraction)
             rng, generator = self._seed(epoch)
             self.net.train()
-            if self.config.freeze_norm:  # fine-tuning: the normalisation keeps its statistics
-                for module in self.model.modules():
-                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                        module.eval()
+            for module in self.model.modules():  # normalisation that keeps its statistics
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+                        self.config.freeze_norm
+                        or not any(p.requires_grad for p in module.parameters())):
+                    module.eval()
             losses = []
             for step, picks in enumerate(self.sampler.batches(self.steps, rng), start=1):
                 if cancel is not None and cancel():
                     return self._result("cancelled")
-                losses.append(self._step(picks, generator, epoch))
+                losses.append(self._step(picks, generator, epoch, step))
                 done += 1
                 yield StepProgress(epoch, step, self.steps, losses[-1], done, total)
                 if self._out_of_time(deadline):
@@ -277,13 +286,18 @@ class _Trainer:
         torch.manual_seed(int(b))
         return np.random.default_rng(int(a)), torch.Generator().manual_seed(int(b))
 
-    def _step(self, picks: np.ndarray, generator: torch.Generator, epoch: int) -> float:
+    def _step(self, picks: np.ndarray, generator: torch.Generator, epoch: int, step: int) -> float:
         images, masks = make_batch(self.train_cases, picks)
         images, masks = images.to(self.device), masks.to(self.device)
         if self.config.augment:
             images, masks = augment_batch(images, masks, generator, Augmentation())
         if self.config.crop_size:
             images, masks = random_crops(images, masks, self.config.crop_size, generator)
+        warmup = self.config.warmup_steps
+        if warmup:
+            done = (epoch - 1) * self.steps + step  # steps of the run, this one included
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.lr * min(1.0, done / warmup)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             probs = self.net(images)
