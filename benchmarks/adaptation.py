@@ -1,16 +1,18 @@
 """Does fine-tuning on a few corrected cases pay off? Fine-tune on N cases of a target domain
 within a time budget, then score the domain's other cases and the source cases.
 
-    python benchmarks/adaptation.py [--weights FILE] [--shots 1 3 10] [--minutes 5]
+    python benchmarks/adaptation.py [--weights FILE] [--shots 1 3 10] [--minutes 2]
         [--eval 6] [--source DIR --source-limit 4] [--json PATH] [--plot PNG]
 
 The target domain is the thick-slice clinical domain of ``real_checks.py`` (MS patient 26's T1
 anatomy, which no default weights were trained on, held-out LESYMAP lesions 81-100, 4-6 mm
 slices); anyone can rebuild it from ``../shared/data``. For each N in ``--shots`` the model
-starts from ``--weights`` and trains on the domain's first N cases as the Fine-tune panel does
-(``dunet train --init``: epochs of 10 steps of 8 stacks, 96 x 96 crops, Adam 1e-4, the dtype
-measured fastest, stopped by ``--minutes``), and is scored on the next ``--eval`` cases (never trained on) and, with
-``--source``, on cases of the domain it was trained on (forgetting). Prints a table, writes
+starts from ``--weights`` and trains on the domain's first N cases as the Fine-tune panel's
+quick mode does (``training.config.QUICK``: the decoder only, epochs of 10 steps of 8 stacks,
+96 x 96 crops, Adam 3e-5, normalisation statistics kept, 2 synthetic rehearsal cases mixed in,
+the dtype measured fastest, stopped by ``--minutes``; options change each), and is scored on
+the next ``--eval`` cases (never trained on) and, with ``--source``, on cases of the domain it
+was trained on (forgetting). Prints a table, writes
 JSON and a curve of DSC against N. Not a test: nothing asserts a figure.
 """
 
@@ -33,6 +35,7 @@ from napari_dunet.checkpoint import read_metadata  # noqa: E402
 from napari_dunet.cpu_dtype import cpu_name  # noqa: E402
 from napari_dunet.io import find_cases, load_volume  # noqa: E402
 from napari_dunet.options import TRAIN_LAYERS  # noqa: E402
+from napari_dunet.training.config import QUICK, QUICK_REHEARSAL  # noqa: E402
 from napari_dunet.weights import default_checkpoint  # noqa: E402
 
 
@@ -45,7 +48,7 @@ def mean_dsc(weights: Path, cases: list[tuple], device: str) -> tuple[float, lis
 
 
 def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, device: str,
-              **options) -> dict:
+              rehearsal: int = 0, **options) -> dict:
     """Fine-tune ``weights`` on ``cases`` for ``minutes`` (``options``: more ``TrainConfig``
     fields); what the engine reports."""
     from napari_dunet.inference import resolve_device
@@ -58,6 +61,10 @@ def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, devi
     scheme = checkpoint_preprocessing(read_metadata(weights))  # a fine-tune keeps it
     prepared = [prepare_case(image.data, mask.data, image.affine, name, scheme=scheme)
                 for name, image, mask in cases]
+    if rehearsal:
+        from napari_dunet.training.synthetic import rehearsal_cases
+
+        prepared += rehearsal_cases(rehearsal, scheme=scheme)
     dtype = "fp32"
     if resolve_device(device).type == "cpu":
         from napari_dunet.cpu_dtype import measured_dtype
@@ -67,12 +74,13 @@ def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, devi
         model = build_model(read_metadata(weights)["model"])
         dtype = "bf16" if measured_dtype(prepare_model(model, resolve_device(device)))["dtype"] \
             == "mixed" else "fp32"
-    config = TrainConfig(model=read_metadata(weights)["model"], epochs=10_000, batch_size=8,
-                         crop_size=96, steps_per_epoch=10, patience=0, max_minutes=minutes,
-                         device=device, precision=dtype, preprocessing=scheme, **options)
+    config = TrainConfig(**{**QUICK, "model": read_metadata(weights)["model"], "patience": 0,
+                            "max_minutes": minutes, "device": device, "precision": dtype,
+                            "preprocessing": scheme, **options})
     started = time.perf_counter()
     result = train(prepared, [], config, out, init=weights)
-    return {"epochs": result.epochs_completed, "steps": result.epochs_completed * 10,
+    return {"epochs": result.epochs_completed,
+            "steps": result.epochs_completed * config.steps_per_epoch,
             "dtype": dtype, "stop": result.stop_reason,
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -105,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=default_checkpoint(), metavar="FILE")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 3, 10], metavar="N")
-    parser.add_argument("--minutes", type=float, default=5.0, help="fine-tuning budget per run")
+    parser.add_argument("--minutes", type=float, default=QUICK["max_minutes"],
+                        help=f"fine-tuning budget per run (default {QUICK['max_minutes']:g})")
     parser.add_argument("--eval", type=int, default=6, metavar="K",
                         help="target-domain cases scored (after the largest N; default 6)")
     parser.add_argument("--source", type=Path, metavar="DIR",
@@ -114,13 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mix-source", type=int, default=0, metavar="M",
                         help="also fine-tune on M source cases (the ones after the scored "
                              "ones), against forgetting (default 0)")
+    parser.add_argument("--rehearsal", type=int, default=QUICK_REHEARSAL, metavar="K",
+                        help="also fine-tune on K synthetic MNI cases with procedural lesions "
+                             f"(dunet train --rehearsal), against forgetting (default {QUICK_REHEARSAL})")
     parser.add_argument("--data", type=Path, default=DATA, metavar="DIR")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--freeze-norm", action="store_true",
-                        help="keep the BatchNorm statistics of --weights while fine-tuning")
-    parser.add_argument("--train-layers", choices=TRAIN_LAYERS, default="all",
-                        help="train every layer, or only the decoder and head (default all)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    parser.add_argument("--update-norm", dest="freeze_norm", action="store_false",
+                        help="let the BatchNorm statistics learn (default: kept as --weights has them)")
+    parser.add_argument("--train-layers", choices=TRAIN_LAYERS, default=QUICK["train_layers"],
+                        help=f"default {QUICK['train_layers']}")
+    parser.add_argument("--lr", type=float, default=QUICK["lr"],
+                        help=f"learning rate (default {QUICK['lr']:g})")
     parser.add_argument("--warmup-steps", type=int, default=0, metavar="K",
                         help="linear learning-rate warm-up (default 0)")
     parser.add_argument("--seed", type=int, default=1, help="the domain's seed (default 1)")
@@ -151,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"weights": str(args.weights), "cpu": cpu_name(), "minutes": args.minutes,
                "options": {k: getattr(args, k) for k in
-                           ("freeze_norm", "train_layers", "lr", "warmup_steps")},
+                           ("freeze_norm", "train_layers", "lr", "warmup_steps", "rehearsal")},
                "mixed_source_cases": [name for name, _, _ in mixed],
                "eval_cases": [name for name, _, _ in held_out],
                "source_cases": [name for name, _, _ in source],
@@ -160,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.shots:
             out = Path(tmp) / f"tuned_{n}.safetensors"
             run = fine_tune(args.weights, train_pool[:n] + mixed, args.minutes, out, args.device,
+                            rehearsal=args.rehearsal,
                             freeze_norm=args.freeze_norm, train_layers=args.train_layers,
                             lr=args.lr, warmup_steps=args.warmup_steps)
             results["runs"].append({"shots": n, **run, **scores(out)})

@@ -53,7 +53,7 @@ def test_viewer_benchmark_clicks_the_real_panel():
 def test_adaptation_benchmark_fine_tunes_and_scores(tmp_path, shared_data):
     out = tmp_path / "adapt.json"
     subprocess.run([sys.executable, str(BENCHMARKS / "adaptation.py"), "--shots", "1",
-                    "--minutes", "0.02", "--eval", "1", "--freeze-norm", "--json", str(out),
+                    "--minutes", "0.02", "--eval", "1", "--rehearsal", "1", "--json", str(out),
                     "--plot", str(tmp_path / "adapt.png")], check=True, timeout=900,
                    capture_output=True)
     r = json.loads(out.read_text())

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_head
 from napari_dunet.checkpoint import load_checkpoint, read_metadata
@@ -77,6 +78,25 @@ def test_max_minutes_stops_on_time_with_a_usable_checkpoint(dataset, tmp_path, t
     assert read_state(state_path(out))[2]["epoch"] == 1
 
 
+def test_quick_fine_tune_trains_the_decoder_with_synthetic_rehearsal_cases(dataset, tmp_path):
+    out = tmp_path / "quick.safetensors"
+    assert main(["train", "--data", str(dataset / "sub-01_T1w.nii.gz"), "--out", str(out),
+                 "--init", "default", "--train-layers", "decoder", "--rehearsal", "1",
+                 "--warmup-steps", "2", "--freeze-norm", "--epochs", "1", "--val-fraction", "0",
+                 "--steps-per-epoch", "2", "--batch-size", "2", "--crop-size", "96"]) == 0
+    from napari_dunet import weights
+
+    start, _ = load_checkpoint(weights.default_checkpoint())
+    model, meta = load_checkpoint(out)
+    training = meta["training"]
+    assert training["case_names"] == ["sub-01", "rehearsal-0"]  # provenance: what it learned from
+    assert training["config"]["train_layers"] == "decoder"
+    assert training["init"] == str(weights.default_checkpoint())
+    after = model.state_dict()
+    moved = [n for n, v in start.state_dict().items() if not torch.equal(v, after[n])]
+    assert moved and all(n.startswith(("decoder.", "head.")) for n in moved)
+
+
 def test_init_default_names_the_bundled_weights(dataset, tmp_path):
     from napari_dunet import weights
 
@@ -92,6 +112,7 @@ def test_init_default_names_the_bundled_weights(dataset, tmp_path):
     (["--lr", "-1"], "learning rate must be positive"),
     (["--model", "unet9"], "unknown model"),
     (["--max-minutes", "0"], "time limit must be a positive number"),
+    (["--rehearsal", "-1"], "--rehearsal takes a number of cases"),
 ])
 def test_bad_requests_exit_with_one_clear_line(dataset, tmp_path, capsys, extra, message):
     code = main(["train", "--data", str(dataset), "--out", str(tmp_path / "m.safetensors"), *extra])

@@ -28,12 +28,11 @@ from ..errors import DunetError, InputError
 from ..io import Case, Volume
 from ..layers import layer_volume, same_grid_kwargs
 from ..options import DEVICES, LOSSES, TRAIN_LAYERS
-from ..training.config import TrainConfig
+from ..training.config import QUICK, QUICK_REHEARSAL, TrainConfig
 from .layout import Panel, elided_label
 from .runner import JobRunner, failure
 
 MODEL_FOLDER = Path.home() / "napari-dunet" / "models"
-QUICK_CROP, QUICK_STEPS = 96, 10  # the quick default: short epochs of crops (benchmarks/adaptation.py)
 PROGRESS_STEPS = 1000
 
 
@@ -63,6 +62,7 @@ class FinetuneJob:
     out: Path
     init: Path | None
     val_pairs: int = 0
+    rehearsal: int = 0  # synthetic cases mixed in against forgetting
     notes: list[str] = field(default_factory=list)
 
 
@@ -82,18 +82,29 @@ def finetune_events(job: FinetuneJob, cancel: Any = None) -> Generator[Any, None
         job.config.model = metadata["model"]
         job.config.preprocessing = checkpoint_preprocessing(metadata)
     size, scheme = job.config.input_size, job.config.preprocessing
-    cases = []
+    cases, total = [], len(job.pairs) + job.rehearsal
     for pair in job.pairs:
         if cancel is not None and cancel():
             return None
         cases.append(prepare_case(pair.volume.data, pair.mask, pair.volume.affine, pair.name, size,
                                   scheme) if isinstance(pair, LayerPair)
                      else load_case(pair, size, scheme))
-        yield Preparing(len(cases), len(job.pairs))
+        yield Preparing(len(cases), total)
     fraction = job.val_pairs / len(cases) if job.val_pairs else 0.0
     train_cases, val_cases = split_cases(cases, fraction, job.config.seed)
+    if job.rehearsal:
+        from ..training.synthetic import rehearsal_cases
+
+        train_cases += rehearsal_cases(job.rehearsal, job.config.seed, size, scheme)
+        yield Preparing(total, total)
     return (yield from training_events(train_cases, val_cases, job.config, job.out,
                                        init=job.init, cancel=cancel))
+
+
+def _has_nilearn() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("nilearn") is not None
 
 
 class FinetuneWidget(Panel):
@@ -102,7 +113,7 @@ class FinetuneWidget(Panel):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
-        defaults = TrainConfig()
+        defaults = TrainConfig(**QUICK)  # the panel starts in the quick few-case mode
         self._image = ComboBox(label="Image", choices=self._choices(napari.layers.Image),
                                tooltip="A 3D T1-weighted Image layer")
         self._mask = ComboBox(label="Mask", choices=self._choices(napari.layers.Labels),
@@ -113,7 +124,7 @@ class FinetuneWidget(Panel):
         self._pairs = Select(label="Training pairs", choices=[], allow_multiple=True,
                              tooltip="Empty: the image and mask chosen above")
         self._remove = PushButton(text="Remove selected")
-        self._epochs = SpinBox(label="Epochs", value=1000, min=1, max=100_000,
+        self._epochs = SpinBox(label="Epochs", value=defaults.epochs, min=1, max=100_000,
                                tooltip="At most this many epochs; Minutes usually ends the run")
         self._lr = LineEdit(label="Learning rate", value=f"{defaults.lr:g}",
                             tooltip="Adam learning rate")
@@ -122,22 +133,28 @@ class FinetuneWidget(Panel):
         self._batch = SpinBox(label="Batch size", value=defaults.batch_size, min=1, max=256,
                               tooltip="Stacks of slices per training step (smaller: less memory)")
         self._layers = ComboBox(
-            label="Train", value="decoder",
+            label="Train", value=defaults.train_layers,
             choices=[("decoder (quick)" if v == "decoder" else "all layers", v) for v in TRAIN_LAYERS],
             tooltip="decoder: only the decoder learns, the encoder stays as it was (faster steps, "
                     "and the model keeps more of what it knew); all layers: for many cases")
-        self._crop = SpinBox(label="Crop size", value=QUICK_CROP, min=0, max=defaults.input_size,
+        self._crop = SpinBox(label="Crop size", value=defaults.crop_size, min=0, max=defaults.input_size,
                              step=16, tooltip="Train on windows of this many pixels, centred on "
                                               "the lesion in lesion slices (faster); 0: whole slices")
-        self._steps = SpinBox(label="Steps/epoch", value=QUICK_STEPS, min=0, max=100_000,
+        self._steps = SpinBox(label="Steps/epoch", value=defaults.steps_per_epoch, min=0, max=100_000,
                               tooltip="Training steps per epoch; 0: as many stacks as the pairs "
                                       "have head slices")
-        self._minutes = SpinBox(label="Minutes", value=5, min=0, max=10_000,
+        self._minutes = SpinBox(label="Minutes", value=int(defaults.max_minutes), min=0, max=10_000,
                                 tooltip="Stop after this many minutes (0: no limit); the epoch "
                                         "running then ends early and its model is saved")
-        self._freeze_norm = CheckBox(text="Keep normalisation statistics", value=True, tooltip=(
+        self._freeze_norm = CheckBox(text="Keep normalisation statistics", value=defaults.freeze_norm, tooltip=(
             "Few-case fine-tuning: the BatchNorm layers keep the statistics of the starting "
             "model (a few batches would replace them and break the model)"))
+        self._rehearsal = SpinBox(
+            label="Rehearsal", value=QUICK_REHEARSAL if _has_nilearn() else 0, min=0, max=20,
+            enabled=_has_nilearn(),
+            tooltip="Synthetic cases (MNI152 template, made-up lesions) trained on beside yours, "
+                    "so that the model forgets less of what it knew; needs nilearn "
+                    "(pip install 'napari-dunet[synth]')")
         self._val = SpinBox(label="Validation", value=0, min=0, max=100,
                             tooltip="Pairs held out to measure DSC after every epoch")
         self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
@@ -150,7 +167,7 @@ class FinetuneWidget(Panel):
         self.extend([self._image, self._mask, self._add_pair, self._add_folder, self._pairs,
                      self._remove, self._layers, self._epochs, self._lr, self._loss, self._batch,
                      self._crop, self._steps,
-                     self._minutes, self._freeze_norm, self._val, self._device,
+                     self._minutes, self._freeze_norm, self._rehearsal, self._val, self._device,
                      self._out, self._start, self._stop, self._progress, self._status])
         self._plot = TrainingPlot()
         self.add_native(self._plot.canvas)
@@ -258,7 +275,8 @@ class FinetuneWidget(Panel):
         init = model_store.current_checkpoint()
         notes = [] if init is not None else [
             "No weights are loaded, so a new model is trained from scratch."]
-        return FinetuneJob(pairs, config, out, init, int(self._val.value), notes)
+        return FinetuneJob(pairs, config, out, init, int(self._val.value),
+                           int(self._rehearsal.value), notes)
 
     # -- running ---------------------------------------------------------------------------
     def start(self) -> None:

@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="all (default), or decoder: only the decoder and output layer learn "
                              "and the encoder stays as --init has it (quick few-case fine-tuning: "
                              "faster steps, less forgetting)")
+    parser.add_argument("--rehearsal", type=int, default=0, metavar="K",
+                        help="also train on K synthetic T1 cases (MNI152 template, procedural "
+                             "lesions; needs nilearn) so that a few-case fine-tune forgets less "
+                             "of what --init knew (default 0)")
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, metavar="K",
                         help="raise the learning rate linearly over the first K steps (default 0)")
     parser.add_argument("--max-minutes", type=float, metavar="M",
@@ -107,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not (args.overwrite or args.resume):
         raise InputError(f"{out} exists; pass --overwrite to replace it or --resume to "
                          f"continue its training.")
+    if args.rehearsal < 0:
+        raise InputError(f"--rehearsal takes a number of cases (0 or more), got {args.rehearsal}.")
+    if args.rehearsal and args.synth:
+        raise InputError("--rehearsal mixes synthetic cases into training on --data; with "
+                         "--synth every case is synthetic already.")
     if args.resume and not state_path(out).is_file():
         raise InputError(f"nothing to resume: {state_path(out)} does not exist.")
     config = TrainConfig(
@@ -159,6 +168,11 @@ def _cases_from_disk(args: argparse.Namespace, config, dist, log, where: str) ->
     train_cases = load_cases(dist.shard(train_files), config.input_size,
                              scheme=config.preprocessing)
     val_cases = load_cases(dist.shard(val_files), config.input_size, scheme=config.preprocessing)
+    if args.rehearsal:
+        from ..training.synthetic import rehearsal_cases
+
+        train_cases += dist.shard(rehearsal_cases(args.rehearsal, args.seed, config.input_size,
+                                                  config.preprocessing))
     log(f"prepared in {time.perf_counter() - started:.0f} s")
     return train_cases, val_cases
 

@@ -83,3 +83,12 @@ class TrainConfig:
                             f"{self.max_minutes}")
         if problems:
             raise InputError("; ".join(problems) + ".")
+
+
+# Few-case fine-tuning on a CPU, the Fine-tune panel's default (measured by
+# benchmarks/adaptation.py, docs/training.md): the decoder learns at a low rate on crops in
+# short epochs, normalisation keeps its statistics, the clock ends the run, and QUICK_REHEARSAL
+# synthetic cases are mixed in against forgetting
+QUICK = {"train_layers": "decoder", "lr": 3e-5, "crop_size": 96, "steps_per_epoch": 10,
+         "batch_size": 8, "freeze_norm": True, "max_minutes": 2.0, "epochs": 100_000}
+QUICK_REHEARSAL = 2

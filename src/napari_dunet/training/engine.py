@@ -363,6 +363,8 @@ class _Trainer:
             "config": asdict(self.config)}
         if self.stream is not None:
             meta["training"]["synthesis"] = self.stream.source.record()
+        elif not self.dist.enabled:  # provenance: what this model learned from
+            meta["training"]["case_names"] = [case.name for case in self.train_cases]
         return meta
 
     def _result(self, reason: str) -> TrainResult:

@@ -172,3 +172,18 @@ def validation_cases(source: SynthSource, count: int, seed: int = 10_000) -> lis
     """``count`` fixed synthetic cases (drawn here, seeded apart from the training stream)."""
     drawer = CaseDrawer(source)
     return [drawer.draw((seed, i)) for i in range(count)]
+
+
+def rehearsal_cases(count: int, seed: int = 0, input_size: int = INPUT_SIZE,
+                    scheme: str = DEFAULT_SCHEME) -> list[TrainingCase]:
+    """``count`` synthetic T1 cases to mix into a fine-tune against forgetting: the MNI152
+    template (needs nilearn) with procedural lesions, painted by ``synth.synthesize_case``."""
+    from .. import synth
+
+    anatomy = synth.load_mni_anatomy()
+    cases = []
+    for index in range(count):
+        image, mask = synth.synthesize_case(anatomy, None, np.random.default_rng([seed, index]))
+        cases.append(prepare_case(image.data, mask.data, image.affine, f"rehearsal-{index}",
+                                  input_size, scheme=scheme))
+    return cases
