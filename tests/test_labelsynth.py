@@ -27,6 +27,32 @@ def test_label_maps_hold_every_tissue_and_the_skull_when_scanned_with_it(ch2_lab
     assert counts[[labelsynth.CORE, labelsynth.RIM]].sum() == 0  # lesions come with a draw
 
 
+def test_skull_on_label_maps_have_bone_and_fluid_around_the_brain_that_no_lesion_enters(
+        ch2_labels, monkeypatch):
+    labels = ch2_labels.labels
+    other = labels == labelsynth.OTHER
+    assert other.sum() > 100_000  # bone, air spaces and eyes, drawn in every contrast
+    brain = np.isin(labels, labelsynth.BRAIN)
+    assert not (other & brain).any()
+    # a lesion mask that reaches past the brain is clipped to it
+    from napari_dunet.io import Volume
+
+    everywhere = Volume(np.ones(labels.shape, np.float32), ch2_labels.affine)
+    assert np.array_equal(labelsynth.lesion_on(ch2_labels, everywhere), brain)
+    # a brain-extracted draw drops them with the scalp
+    drawn, deform = {}, labelsynth._deform
+
+    def spy(labels, *args):
+        drawn["labels"] = labels.copy()  # the label map as the draw deforms and paints it
+        return deform(labels, *args)
+
+    monkeypatch.setattr(labelsynth, "_deform", spy)
+    stripped = labelsynth.SynthRanges(strip_skull=1.0, lesion_free=1.0)
+    labelsynth.draw_scan(ch2_labels, brain, np.random.default_rng(0), stripped)
+    assert not np.isin(drawn["labels"], labelsynth.HEAD + (labelsynth.OTHER,)).any()
+    assert np.isin(drawn["labels"], labelsynth.WM).any()
+
+
 def test_mni_template_is_brain_extracted():
     mni = labelsynth.load_label_anatomy("mni")
     assert not mni.has_skull and mni.labels.shape == (197, 233, 189)

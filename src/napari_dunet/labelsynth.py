@@ -42,6 +42,7 @@ from .tissue import head_mask
 # (bone, air spaces, the eyes' fluid), bright or dark depending on the contrast
 BACKGROUND, HEAD, CSF, GM, WM, CORE, RIM, OTHER = 0, (1, 2), (3, 4), (5, 6, 7), (8, 9), 10, 11, 12
 N_LABELS = 13
+BRAIN = CSF + GM + WM + (CORE, RIM)
 EXTRA_AXIAL_MM = 2.0  # the dark band this deep around the brain of a skull-on scan is CSF
 TISSUE_LEVELS = {"head": HEAD, "csf": CSF, "gm": GM, "wm": WM}
 
@@ -140,7 +141,7 @@ def load_label_anatomy(source: str | Path) -> LabelAnatomy:
 
 def lesion_on(anatomy: LabelAnatomy, lesion: Volume, mirror: bool = False) -> np.ndarray:
     """A lesion mask moved onto the anatomy's grid (world coordinates), within its brain."""
-    brain = anatomy.labels >= CSF[0]
+    brain = np.isin(anatomy.labels, BRAIN)
     return resample_mask(lesion, anatomy.labels.shape, anatomy.affine, mirror) & brain
 
 
@@ -176,7 +177,7 @@ def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator
     box = tuple(slice(max(a - 20, 0), b + 21) for a, b in zip(inside.min(0), inside.max(0)))
     sub, les = labels[box], lesion[box]
     outside_mm = ndi.distance_transform_edt(~les)
-    near = (outside_mm < 15.0) & (sub >= CSF[0]) & ~les
+    near = (outside_mm < 15.0) & np.isin(sub, BRAIN) & ~les
     fluid = np.isin(sub, CSF)
     widen = rng.uniform(*ranges.ex_vacuo_mm)
     if widen > 0 and fluid.any():
