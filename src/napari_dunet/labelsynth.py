@@ -36,7 +36,7 @@ from scipy import ndimage as ndi
 from .errors import InputError
 from .io import Volume, load_volume
 from .synth import Anatomy, _bias_field, anatomy_from_t1, load_anatomy, resample_mask
-from .tissue import head_mask
+from .tissue import fill_holes_axially, head_mask
 
 # label values of a label map; HEAD: scalp, fat and muscle; OTHER: the dark rest of a head
 # (bone, air spaces, the eyes' fluid), bright or dark depending on the contrast
@@ -99,7 +99,7 @@ def label_anatomy(anatomy: Anatomy, name: str) -> LabelAnatomy:
     head = head_mask(data, 1) & ~brain
     if head.sum() > 0.2 * brain.sum():  # a skull-on scan
         _split(labels, data, head, HEAD)
-        inside = _filled_axially(head | brain) & ~head & ~brain
+        inside = fill_holes_axially(head | brain) & ~head & ~brain
         band = ndi.distance_transform_edt(~brain, sampling=anatomy.t1.voxel_size) <= EXTRA_AXIAL_MM
         labels[inside & band] = CSF[0]
         labels[inside & ~band] = OTHER
@@ -107,13 +107,6 @@ def label_anatomy(anatomy: Anatomy, name: str) -> LabelAnatomy:
         _split(labels, data, mask, values)
     return LabelAnatomy(name, labels, anatomy.t1.affine.copy())
 
-
-def _filled_axially(mask: np.ndarray) -> np.ndarray:
-    """``mask`` with the holes of each axial plane filled (the skull inside the scalp)."""
-    filled = mask.copy()
-    for z in range(mask.shape[2]):
-        filled[:, :, z] = ndi.binary_fill_holes(mask[:, :, z])
-    return filled
 
 
 def _split(labels: np.ndarray, data: np.ndarray, mask: np.ndarray, values: tuple[int, ...]) -> None:

@@ -25,7 +25,7 @@ from scipy import ndimage as ndi
 
 from .errors import DunetError, InputError
 from .io import Volume, atomic_write, load_volume, nifti_files, save_mask, save_volume
-from .tissue import largest_component, otsu_threshold
+from .tissue import fill_holes_axially, largest_component, otsu_threshold
 
 MNI_SPACE = "MNI152NLin2009aSym"
 MNI_FILES = {
@@ -125,10 +125,7 @@ def estimate_brain_mask(data: np.ndarray, voxel_size: tuple[float, ...] = (1.0, 
                                  iterations=steps) & bright
     close = max(1, round(3.0 / min(voxel_size)))
     brain = ndi.binary_closing(np.pad(tissue, close), iterations=close)[(slice(close, -close),) * 3]
-    brain |= tissue
-    for z in range(brain.shape[2]):
-        brain[:, :, z] = ndi.binary_fill_holes(brain[:, :, z])
-    return ndi.binary_fill_holes(brain)
+    return ndi.binary_fill_holes(fill_holes_axially(brain | tissue))
 
 
 def _three_class_means(values: np.ndarray, iterations: int = 100) -> np.ndarray:

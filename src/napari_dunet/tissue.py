@@ -40,3 +40,12 @@ def head_mask(data: np.ndarray, step: int = 2) -> np.ndarray:
         return np.zeros(coarse.shape, bool)
     foreground = coarse > otsu_threshold(coarse.ravel())
     return ndi.binary_fill_holes(largest_component(foreground))
+
+
+def fill_holes_axially(mask: np.ndarray) -> np.ndarray:
+    """A copy of ``mask`` with the holes of each axial plane filled (ventricles inside the
+    brain, the skull inside the scalp)."""
+    filled = np.asarray(mask, bool).copy()
+    for z in range(filled.shape[2]):
+        filled[:, :, z] = ndi.binary_fill_holes(filled[:, :, z])
+    return filled

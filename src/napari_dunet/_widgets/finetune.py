@@ -149,9 +149,10 @@ class FinetuneWidget(Panel):
         self._freeze_norm = CheckBox(text="Keep normalisation statistics", value=defaults.freeze_norm, tooltip=(
             "Few-case fine-tuning: the BatchNorm layers keep the statistics of the starting "
             "model (a few batches would replace them and break the model)"))
+        nilearn = _has_nilearn()
         self._rehearsal = SpinBox(
-            label="Rehearsal", value=QUICK_REHEARSAL if _has_nilearn() else 0, min=0, max=20,
-            enabled=_has_nilearn(),
+            label="Rehearsal", value=QUICK_REHEARSAL if nilearn else 0, min=0, max=20,
+            enabled=nilearn,
             tooltip="Synthetic cases (MNI152 template, made-up lesions) trained on beside yours, "
                     "so that the model forgets less of what it knew; needs nilearn "
                     "(pip install 'napari-dunet[synth]')")

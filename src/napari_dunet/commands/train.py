@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience, seed=args.seed, input_size=args.input_size, crop_size=args.crop_size,
         steps_per_epoch=args.steps_per_epoch, device=args.device,
         precision=args.precision, max_minutes=args.max_minutes, freeze_norm=args.freeze_norm,
-        train_layers=args.train_layers, warmup_steps=args.warmup_steps, preprocessing=_init_preprocessing(args.init))
+        train_layers=args.train_layers, warmup_steps=args.warmup_steps,
+        preprocessing=_init_preprocessing(args.init))
     config.check()
     if not args.data and not args.synth:
         raise InputError("give training cases with --data, or anatomies to draw from with --synth.")
