@@ -128,3 +128,31 @@ def test_stream_feeds_fresh_cases_from_a_worker_process(shared_data):
     finally:
         stream.close()
     assert not stream._process.is_alive()
+
+
+def test_t2_order_draws_put_fluid_above_grey_above_white_matter():
+    t2 = labelsynth.SynthRanges(t1_like=0.0, t2_like=1.0)
+    for seed in range(50):
+        means = labelsynth.label_intensities(np.random.default_rng(seed), t2)
+        csf, gm, wm = (means[list(v)].mean() for v in (labelsynth.CSF, labelsynth.GM, labelsynth.WM))
+        assert csf > gm > wm
+    orders = {"t1": 0, "t2": 0}
+    for seed in range(400):  # the default mix has both orders, T1 the more common
+        means = labelsynth.label_intensities(np.random.default_rng(seed))
+        csf, gm, wm = (means[list(v)].mean() for v in (labelsynth.CSF, labelsynth.GM, labelsynth.WM))
+        orders["t1"] += csf < gm < wm
+        orders["t2"] += csf > gm > wm
+    assert 0.4 < orders["t1"] / 400 < 0.65 and 0.2 < orders["t2"] / 400 < 0.4
+
+
+def test_painted_draws_keep_the_anatomy_s_own_scan_with_the_lesion_where_it_was(ch2_labels, lesion):
+    still = labelsynth.SynthRanges(painted=1.0, lesion_free=0.0, strip_skull=0.0, rotation_deg=0.0,
+                                   scale=0.0, shift_mm=0.0, elastic_mm=0.0, crop_mm=0.0,
+                                   thick_slices=0.0)
+    image, mask = labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(1), still)
+    t1 = ch2_labels.source.t1.data
+    assert image.data.shape == t1.shape and image.data.dtype == np.float32
+    assert np.array_equal(mask.data > 0, lesion & ch2_labels.source.brain)
+    healthy = ch2_labels.source.brain & ~lesion  # real texture: the scan, not label means
+    assert np.corrcoef(image.data[healthy], t1[healthy])[0, 1] > 0.9
+    assert image.data[lesion].mean() < 0.8 * image.data[healthy].mean()  # a dark T1 lesion

@@ -10,9 +10,13 @@ the shape of a lesion, not one scanner's look. Every draw (``draw_scan``):
    of draws leaves the head lesion-free, so that whole healthy heads are seen too);
 2. the skull and scalp labels are kept, or removed (brain-extracted scans);
 3. random affine (rotation, scaling, shift) and smooth elastic deformation, in one resampling;
-4. an intensity per label: T1-like order most of the time (CSF < GM < WM, lesion core near CSF),
-   any order otherwise; the lesion core stays near the CSF level in most draws (a fluid cavity
-   looks like CSF in any contrast); per-label texture and partial-volume blur;
+4. an intensity per label: T1-like order in many draws (CSF < GM < WM, lesion core near CSF),
+   T2-like order in some (WM < GM < CSF, the order of T2 and proton-density scans), any order
+   in the rest; the lesion core stays near the CSF level in most draws (a fluid cavity looks
+   like CSF in any contrast); per-label texture and partial-volume blur. A share of the draws
+   with a lesion is painted instead (``SynthRanges.painted``): the anatomy's own T1, with the
+   real texture of a scan, gets the lesion of ``synth.synthesize_case`` (the appearance model
+   of ``dunet synth``) and then the same deformation, field of view and slices;
 5. random field of view (cropped below, above and at the sides) and slice thickness (blurred
    and resampled to 2-7 mm axial slices, as clinical scans are);
 6. a smooth bias field, gamma, and noise.
@@ -35,7 +39,9 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 from .io import Volume, load_volume
-from .synth import Anatomy, _bias_field, anatomy_from_t1, load_anatomy, resample_mask
+from .geometry import ras_ornt
+from .synth import (Anatomy, _bias_field, anatomy_from_t1, load_anatomy, resample_mask,
+                    synthesize_case)
 from .tissue import fill_holes_axially, head_mask
 
 # label values of a label map; HEAD: scalp, fat and muscle; OTHER: the dark rest of a head
@@ -51,7 +57,9 @@ TISSUE_LEVELS = {"head": HEAD, "csf": CSF, "gm": GM, "wm": WM}
 class SynthRanges:
     """The random ranges of one draw (uniform unless said otherwise)."""
 
-    t1_like: float = 0.5  # share of draws with T1 tissue order (the others: any contrast)
+    t1_like: float = 0.45  # share of label-map draws with T1 tissue order
+    t2_like: float = 0.2  # share with T2 tissue order (the others: any order)
+    painted: float = 0.3  # share of draws with a lesion painted into the anatomy's own T1
     core_like_csf: float = 0.8  # share of draws whose lesion core is near the CSF level
     rotation_deg: float = 12.0
     scale: float = 0.12  # each axis scaled by 1 +- scale
@@ -74,11 +82,13 @@ class SynthRanges:
 
 @dataclass
 class LabelAnatomy:
-    """A tissue label map (RAS+, uint8; values above) and its affine."""
+    """A tissue label map (RAS+, uint8; values above) and its affine; ``source``: the anatomy it was
+    made from, on the same grid (the scan of the painted draws)."""
 
     name: str
     labels: np.ndarray
     affine: np.ndarray
+    source: Anatomy | None = None
 
     @property
     def has_skull(self) -> bool:
@@ -105,8 +115,7 @@ def label_anatomy(anatomy: Anatomy, name: str) -> LabelAnatomy:
         labels[inside & ~band] = OTHER
     for mask, values in ((csf, CSF), (gm, GM), (wm, WM)):
         _split(labels, data, mask, values)
-    return LabelAnatomy(name, labels, anatomy.t1.affine.copy())
-
+    return LabelAnatomy(name, labels, anatomy.t1.affine.copy(), anatomy)
 
 
 def _split(labels: np.ndarray, data: np.ndarray, mask: np.ndarray, values: tuple[int, ...]) -> None:
@@ -119,17 +128,28 @@ def _split(labels: np.ndarray, data: np.ndarray, mask: np.ndarray, values: tuple
 
 def load_label_anatomy(source: str | Path) -> LabelAnatomy:
     """``"mni"`` (nilearn's MNI152 2009a) or a T1 file, as a RAS+ label map."""
-    import nibabel as nib
-
     if str(source).lower() == "mni":
         name, anatomy = "mni", load_anatomy("mni")
     else:  # negative values (interpolation around a brain-extracted scan) are background
         volume = load_volume(source)
         volume.data = np.clip(volume.data.astype(np.float32), 0.0, None)
         name, anatomy = Path(source).name.split(".")[0], anatomy_from_t1(volume)
-    labelled = label_anatomy(anatomy, name)
-    image = nib.as_closest_canonical(nib.Nifti1Image(labelled.labels, labelled.affine))
-    return LabelAnatomy(name, np.asarray(image.dataobj, np.uint8), image.affine)
+    return label_anatomy(ras_anatomy(anatomy), name)
+
+
+def ras_anatomy(anatomy: Anatomy) -> Anatomy:
+    """The anatomy with its arrays reordered and flipped to RAS+ (no resampling)."""
+    import nibabel.orientations as nio
+
+    ornt = ras_ornt(anatomy.t1.affine)
+    affine = anatomy.t1.affine @ nio.inv_ornt_aff(ornt, anatomy.t1.data.shape)
+
+    def ras(data: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(nio.apply_orientation(data, ornt))
+
+    return Anatomy(Volume(ras(anatomy.t1.data), affine, anatomy.t1.header.copy()),
+                   ras(anatomy.brain), ras(anatomy.csf), ras(anatomy.wm), anatomy.means,
+                   anatomy.space)
 
 
 def lesion_on(anatomy: LabelAnatomy, lesion: Volume, mirror: bool = False) -> np.ndarray:
@@ -146,14 +166,18 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
     if not lesion.any():
         raise InputError(f"the lesion does not reach {anatomy.name}'s brain.")
     drawn = lesion if rng.random() >= ranges.lesion_free else np.zeros_like(lesion)
-    labels = with_lesion(anatomy.labels, drawn, rng, ranges)
-    if anatomy.has_skull and rng.random() < ranges.strip_skull:
-        labels[np.isin(labels, HEAD + (OTHER,))] = BACKGROUND
-    labels = _deform(labels, rng, ranges)
-    image = _paint(labels, rng, ranges)
-    mask = ((labels == CORE) | (labels == RIM)).astype(np.float32)
-    image, mask, spacing = _field_of_view_and_slices(image, mask, rng, ranges)
-    image = _artefacts(image, image > 1e-3, rng, ranges)  # the bias field's mean: non-background
+    if drawn.any() and anatomy.source is not None and rng.random() < ranges.painted:
+        image, mask = _painted(anatomy, drawn, rng, ranges)
+        image, mask, spacing = _field_of_view_and_slices(image, mask, rng, ranges)
+    else:
+        labels = with_lesion(anatomy.labels, drawn, rng, ranges)
+        if anatomy.has_skull and rng.random() < ranges.strip_skull:
+            labels[np.isin(labels, HEAD + (OTHER,))] = BACKGROUND
+        labels = _deform(labels, rng, ranges)
+        image = _paint(labels, rng, ranges)
+        mask = ((labels == CORE) | (labels == RIM)).astype(np.float32)
+        image, mask, spacing = _field_of_view_and_slices(image, mask, rng, ranges)
+        image = _artefacts(image, image > 1e-3, rng, ranges)  # bias field's mean: non-background
     affine = np.diag([1.0, 1.0, float(spacing), 1.0])
     affine[:3, 3] = -np.asarray(image.shape) * np.diag(affine)[:3] / 2
     return Volume(image, affine), Volume((mask >= 0.5).astype(np.uint8), affine.copy())
@@ -183,9 +207,24 @@ def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator
     return labels
 
 
-def _deform(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -> np.ndarray:
-    """Labels resampled (nearest) through a random affine and a smooth elastic field."""
-    shape = labels.shape
+def _painted(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generator,
+             ranges: SynthRanges) -> tuple[np.ndarray, np.ndarray]:
+    """The anatomy's own T1 with the lesion painted by ``synth.synthesize_case`` (bias field
+    and noise included), skull-stripped in some draws, then deformed (trilinear)."""
+    image, mask = synthesize_case(anatomy.source, lesion, rng)
+    data = image.data.astype(np.float32)
+    if anatomy.has_skull and rng.random() < ranges.strip_skull:
+        data[~anatomy.source.brain] = 0.0
+    both = _deform(np.stack([data, mask.data.astype(np.float32)]), rng, ranges, "bilinear")
+    return both[0], both[1]
+
+
+def _deform(volume: np.ndarray, rng: np.random.Generator, ranges: SynthRanges,
+            mode: str = "nearest") -> np.ndarray:
+    """A volume (or channels, C x volume) resampled through a random affine and a smooth elastic
+    field: labels with ``mode`` nearest (uint8 back), images with bilinear (trilinear here)."""
+    channels = volume if volume.ndim == 4 else volume[None]
+    shape = channels.shape[1:]
     angles = np.radians(rng.uniform(-ranges.rotation_deg, ranges.rotation_deg, 3))
     rotation = _rotation(*angles)
     scale = np.diag(1.0 + rng.uniform(-ranges.scale, ranges.scale, 3))
@@ -200,9 +239,11 @@ def _deform(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -
     field *= ranges.elastic_mm * rng.uniform(0, 1) / float(coarse.abs().max())
     scale_to_grid = torch.tensor(extent[::-1].copy(), dtype=torch.float32)  # (x, y, z) order
     grid = grid + (field[0].flip(0).permute(1, 2, 3, 0) / scale_to_grid)[None]
-    source = torch.from_numpy(labels.astype(np.float32))[None, None]
-    out = F.grid_sample(source, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out[0, 0].numpy().astype(np.uint8)
+    source = torch.from_numpy(channels.astype(np.float32, copy=False))[None]
+    out = F.grid_sample(source, grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+    if mode == "nearest":
+        out = out.to(torch.uint8)
+    return out.numpy() if volume.ndim == 4 else out[0].numpy()
 
 
 def _rotation(a: float, b: float, c: float) -> np.ndarray:
@@ -216,14 +257,22 @@ def _rotation(a: float, b: float, c: float) -> np.ndarray:
 def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRanges()) -> np.ndarray:
     """Mean intensity (0..1) of each label for one draw."""
     means = rng.uniform(0.0, 1.0, N_LABELS)
-    if rng.random() < ranges.t1_like:
+    order = rng.random()
+    if order < ranges.t1_like:
         wm = rng.uniform(0.7, 1.0)
-        gm = wm * rng.uniform(0.55, 0.85)
-        csf = wm * rng.uniform(0.05, 0.35)
-        for values, level, spread in ((CSF, csf, 0.05), (GM, gm, 0.06), (WM, wm, 0.04)):
-            means[list(values)] = level + rng.uniform(-spread, spread, len(values))
-        means[list(HEAD)] = rng.uniform(0.1, 1.1, len(HEAD))
+        levels = {CSF: wm * rng.uniform(0.05, 0.35), GM: wm * rng.uniform(0.55, 0.85), WM: wm}
         means[OTHER] = wm * rng.uniform(0.0, 0.3)  # bone and air: dark in a T1 scan
+    elif order < ranges.t1_like + ranges.t2_like:
+        csf = rng.uniform(0.7, 1.0)
+        gm = csf * rng.uniform(0.4, 0.75)
+        levels = {CSF: csf, GM: gm, WM: gm * rng.uniform(0.6, 0.9)}
+    else:
+        levels = {}
+    for values, level in levels.items():
+        spread = {CSF: 0.05, GM: 0.06, WM: 0.04}[values]
+        means[list(values)] = level + rng.uniform(-spread, spread, len(values))
+    if levels:
+        means[list(HEAD)] = rng.uniform(0.1, 1.1, len(HEAD))
     csf = float(means[list(CSF)].mean())
     tissue = float(means[list(GM) + list(WM)].mean())
     if rng.random() < ranges.core_like_csf:
