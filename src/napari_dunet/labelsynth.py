@@ -39,7 +39,7 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 from .io import Volume, load_volume
-from .geometry import ras_ornt
+from .geometry import ras_ornt, to_ras
 from .synth import (Anatomy, _bias_field, anatomy_from_t1, load_anatomy, resample_mask,
                     synthesize_case)
 from .tissue import fill_holes_axially, head_mask
@@ -141,11 +141,11 @@ def ras_anatomy(anatomy: Anatomy) -> Anatomy:
     """The anatomy with its arrays reordered and flipped to RAS+ (no resampling)."""
     import nibabel.orientations as nio
 
-    ornt = ras_ornt(anatomy.t1.affine)
-    affine = anatomy.t1.affine @ nio.inv_ornt_aff(ornt, anatomy.t1.data.shape)
+    native = anatomy.t1.affine
+    affine = native @ nio.inv_ornt_aff(ras_ornt(native), anatomy.t1.data.shape)
 
     def ras(data: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(nio.apply_orientation(data, ornt))
+        return np.ascontiguousarray(to_ras(data, native))
 
     return Anatomy(Volume(ras(anatomy.t1.data), affine, anatomy.t1.header.copy()),
                    ras(anatomy.brain), ras(anatomy.csf), ras(anatomy.wm), anatomy.means,
@@ -166,9 +166,9 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
     if not lesion.any():
         raise InputError(f"the lesion does not reach {anatomy.name}'s brain.")
     drawn = lesion if rng.random() >= ranges.lesion_free else np.zeros_like(lesion)
-    if drawn.any() and anatomy.source is not None and rng.random() < ranges.painted:
+    painted = drawn.any() and anatomy.source is not None and rng.random() < ranges.painted
+    if painted:  # bias field and noise come with the painting
         image, mask = _painted(anatomy, drawn, rng, ranges)
-        image, mask, spacing = _field_of_view_and_slices(image, mask, rng, ranges)
     else:
         labels = with_lesion(anatomy.labels, drawn, rng, ranges)
         if anatomy.has_skull and rng.random() < ranges.strip_skull:
@@ -176,7 +176,8 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
         labels = _deform(labels, rng, ranges)
         image = _paint(labels, rng, ranges)
         mask = ((labels == CORE) | (labels == RIM)).astype(np.float32)
-        image, mask, spacing = _field_of_view_and_slices(image, mask, rng, ranges)
+    image, mask, spacing = _field_of_view_and_slices(image, mask, rng, ranges)
+    if not painted:
         image = _artefacts(image, image > 1e-3, rng, ranges)  # bias field's mean: non-background
     affine = np.diag([1.0, 1.0, float(spacing), 1.0])
     affine[:3, 3] = -np.asarray(image.shape) * np.diag(affine)[:3] / 2
@@ -260,16 +261,15 @@ def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRange
     order = rng.random()
     if order < ranges.t1_like:
         wm = rng.uniform(0.7, 1.0)
-        levels = {CSF: wm * rng.uniform(0.05, 0.35), GM: wm * rng.uniform(0.55, 0.85), WM: wm}
+        levels = (wm * rng.uniform(0.05, 0.35), wm * rng.uniform(0.55, 0.85), wm)
         means[OTHER] = wm * rng.uniform(0.0, 0.3)  # bone and air: dark in a T1 scan
     elif order < ranges.t1_like + ranges.t2_like:
         csf = rng.uniform(0.7, 1.0)
         gm = csf * rng.uniform(0.4, 0.75)
-        levels = {CSF: csf, GM: gm, WM: gm * rng.uniform(0.6, 0.9)}
+        levels = (csf, gm, gm * rng.uniform(0.6, 0.9))
     else:
-        levels = {}
-    for values, level in levels.items():
-        spread = {CSF: 0.05, GM: 0.06, WM: 0.04}[values]
+        levels = ()
+    for values, level, spread in zip((CSF, GM, WM), levels, (0.05, 0.06, 0.04)):
         means[list(values)] = level + rng.uniform(-spread, spread, len(values))
     if levels:
         means[list(HEAD)] = rng.uniform(0.1, 1.1, len(HEAD))
