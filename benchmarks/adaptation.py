@@ -1,18 +1,21 @@
 """Does fine-tuning on a few corrected cases pay off? Fine-tune on N cases of a target domain
 within a time budget, then score the domain's other cases and the source cases.
 
-    python benchmarks/adaptation.py [--weights FILE] [--shots 1 3 10] [--minutes 2]
-        [--eval 6] [--source DIR --source-limit 4] [--json PATH] [--plot PNG]
+    python benchmarks/adaptation.py [--weights FILE] [--domain DIR | --contrast t2]
+        [--shots 1 3 10] [--minutes 2] [--eval 6] [--source DIR --source-limit 4] [--json PATH] [--plot PNG]
 
-The target domain is the thick-slice clinical domain of ``real_checks.py`` (MS patient 26's T1
-anatomy, which no default weights were trained on, held-out LESYMAP lesions 81-100, 4-6 mm
-slices); anyone can rebuild it from ``../shared/data``. For each N in ``--shots`` the model
-starts from ``--weights`` and trains on the domain's first N cases as the Fine-tune panel's
-quick mode does (``training.config.QUICK``: the decoder only, epochs of 10 steps of 8 stacks,
-96 x 96 crops, Adam 3e-5, normalisation statistics kept, 2 synthetic rehearsal cases mixed in,
-the dtype measured fastest, stopped by ``--minutes``; options change each), and is scored on
-the next ``--eval`` cases (never trained on) and, with ``--source``, on cases of the domain it
-was trained on (forgetting). Prints a table, writes
+The target domain is by default the thick-slice clinical domain of ``real_checks.py`` (MS
+patient 26's T1 anatomy, which no default weights were trained on, held-out LESYMAP lesions
+81-100, 4-6 mm slices); anyone can rebuild it from ``../shared/data``. ``--contrast t2``
+reverses its tissue order as in a T2 scan (lesions bright). ``--domain DIR`` takes any folder
+of cases with lesion masks instead (as ``dunet segment`` finds them, in name order), e.g. the
+real MS T1 scans of ``../shared/data/real/ms_t1``. For each N in ``--shots`` the model starts
+from ``--weights`` and trains on the domain's first N cases as the Fine-tune panel's quick mode
+does (``training.config.QUICK``: the decoder only, epochs of 10 steps of 8 stacks, 96 x 96
+crops, Adam 3e-5, normalisation statistics kept, 2 synthetic rehearsal cases mixed in, the
+dtype measured fastest, stopped by ``--minutes``; options change each), and is scored on the
+next ``--eval`` cases (never trained on) and, with ``--source``, on cases of the domain it was
+trained on (forgetting). Prints a table, writes
 JSON and a curve of DSC against N. Not a test: nothing asserts a figure.
 """
 
@@ -85,6 +88,21 @@ def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, devi
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def target_domain(folder: Path | None, n: int, seed: int, data: Path = DATA,
+                  contrast: str = "t1") -> list[tuple]:
+    """The first ``n`` ``(name, image, mask)`` cases of ``folder``, or of the clinical domain
+    in ``contrast``. Cases of a folder are named by their path below it (``patient19/T1w``)."""
+    if folder is None:
+        return [(name, image, mask) for name, image, mask, _, _ in
+                clinical_cases(data, min(n, 20), seed, None, contrast)]
+    cases = []
+    for case in sorted((c for c in find_cases(folder) if c.masks), key=lambda c: str(c.image))[:n]:
+        volume = load_volume(case.image)
+        name = str(case.image.relative_to(folder)).removesuffix(".gz").removesuffix(".nii")
+        cases.append((name, volume, case.load_mask(volume)))
+    return cases
+
+
 def plot(results: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -112,6 +130,12 @@ def plot(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=default_checkpoint(), metavar="FILE")
+    parser.add_argument("--domain", type=Path, metavar="DIR",
+                        help="a folder of target-domain cases with masks (default: the "
+                             "thick-slice clinical domain, built from --data)")
+    parser.add_argument("--contrast", choices=("t1", "t2"), default="t1",
+                        help="the clinical domain's contrast: t1 (as real_checks.py builds it) or "
+                             "t2 (its tissue order reversed, real_checks.t2_like; default t1)")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 3, 10], metavar="N")
     parser.add_argument("--minutes", type=float, default=QUICK["max_minutes"],
                         help=f"fine-tuning budget per run (default {QUICK['max_minutes']:g})")
@@ -140,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH")
     parser.add_argument("--plot", type=Path, metavar="PNG")
     args = parser.parse_args(argv)
-    if max(args.shots) + args.eval > 20:
-        parser.error("the domain has 20 lesions: largest N + --eval must be at most 20")
-
-    domain = [(name, image, mask) for name, image, mask, _, _ in
-              clinical_cases(args.data, max(args.shots) + args.eval, args.seed, None)]
+    domain = target_domain(args.domain, max(args.shots) + args.eval, args.seed, args.data,
+                           args.contrast)
+    if len(domain) < max(args.shots) + args.eval:
+        parser.error(f"the target domain has {len(domain)} cases: largest N + --eval must be at "
+                     "most that")
     train_pool, held_out = domain[:max(args.shots)], domain[max(args.shots):]
     source, mixed = [], []
     if args.source is not None:
@@ -162,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"target_dsc": target, "target_per_case": per_case,
                 "source_dsc": mean_dsc(weights, source, args.device)[0] if source else None}
 
-    results = {"weights": str(args.weights), "cpu": cpu_name(), "minutes": args.minutes,
+    results = {"weights": str(args.weights),
+               "domain": str(args.domain) if args.domain else f"clinical-{args.contrast}", "cpu": cpu_name(), "minutes": args.minutes,
                "options": {k: getattr(args, k) for k in
                            ("freeze_norm", "train_layers", "lr", "warmup_steps", "rehearsal")},
                "mixed_source_cases": [name for name, _, _ in mixed],
@@ -181,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{results['runs'][-1]['target_dsc']:.3f}", file=sys.stderr, flush=True)
 
     b = results["before"]
-    print(f"fine-tuning {args.weights.name} on the thick-slice clinical domain; "
+    print(f"fine-tuning {args.weights.name} on {results['domain']}; "
           f"{args.minutes:g} min per run; CPU {results['cpu']}")
     print(f"{'N':>3} {'epochs':>6} {'target DSC':>11} {'change':>7} {'source DSC':>11} {'change':>7}")
     src = (lambda v: f"{v:>11.3f}") if source else (lambda v: f"{'-':>11}")

@@ -89,9 +89,21 @@ def thick_slices(image: Volume, mask: Volume,
             Volume((reslice(mask.data) >= 0.5).astype(np.uint8), affine, mask.header.copy()), t)
 
 
-def clinical_cases(data: Path, n: int, seed: int, save_dir: Path | None):
+def t2_like(image: Volume, brain: np.ndarray) -> Volume:
+    """The T1 case with its tissue order reversed as in a T2 scan: the brain's CSF, grey- and
+    white-matter levels (a 3-class fit) mapped to 1.0, 0.62 and 0.42 (piecewise linear; below
+    half the CSF level, background and its noise, to at most 0.1), so a chronic lesion is
+    bright. Float32, on a scale of 1000."""
+    csf, gm, wm = synth._three_class_means(image.data[brain].astype(np.float32))
+    data = np.interp(image.data.astype(np.float32), [0.0, csf / 2, csf, gm, wm, 2 * wm],
+                     [0.0, 100.0, 1000.0, 620.0, 420.0, 350.0]).astype(np.float32)
+    return Volume(data, image.affine, image.header, image.path)
+
+
+def clinical_cases(data: Path, n: int, seed: int, save_dir: Path | None, contrast: str = "t1"):
     """Yield (name, image, mask, thickness, build seconds) of the thick-slice clinical domain
-    (the anatomy, built once, counts in the first case's build seconds)."""
+    (the anatomy, built once, counts in the first case's build seconds); ``contrast="t2"``:
+    its T2-like variant (``t2_like``)."""
     t = time.perf_counter()
     t1 = load_volume(data / "real" / "ms_t1" / "patient26" / "T1w.nii.gz")
     t1.data = np.clip(t1.data.astype(np.float32), 0, None)
@@ -101,8 +113,10 @@ def clinical_cases(data: Path, n: int, seed: int, save_dir: Path | None):
         rng = np.random.default_rng([seed, i])
         lesion = load_volume(data / "lesions" / f"Subject_{lesion_id:03d}.nii.gz")
         image, mask = synth.synthesize_case(anatomy, lesion, rng, appearance=None)
+        if contrast == "t2":
+            image = t2_like(image, anatomy.brain)
         image, mask, thickness = thick_slices(image, mask, rng)
-        name = f"clinical_{lesion_id:03d}"
+        name = f"clinical{'_t2' if contrast == 't2' else ''}_{lesion_id:03d}"
         if save_dir is not None:
             save_volume(image.data, image, save_dir / f"{name}_T1w.nii.gz", dtype=image.data.dtype,
                         overwrite=True)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # each runs a script end to end
@@ -62,6 +63,22 @@ def test_adaptation_benchmark_fine_tunes_and_scores(tmp_path, shared_data):
     assert r["runs"][0]["epochs"] >= 1 and r["runs"][0]["stop"] == "out-of-time"
     assert 0 <= r["runs"][0]["target_dsc"] <= 1
     assert (tmp_path / "adapt.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_adaptation_benchmark_takes_a_folder_of_real_cases(tmp_path, shared_data):
+    out = tmp_path / "adapt.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "adaptation.py"), "--domain",
+                    str(shared_data / "real" / "ms_t1"), "--shots", "1", "--eval", "1",
+                    "--minutes", "0.02", "--rehearsal", "0", "--json", str(out)],
+                   check=True, timeout=900, capture_output=True)
+    r = json.loads(out.read_text())
+    # fine-tuned on the first patient's corrected scan, scored on the other one
+    assert r["domain"].endswith("ms_t1") and r["eval_cases"] == ["patient26/T1w"]
+    assert r["runs"][0]["stop"] == "out-of-time" and 0 <= r["runs"][0]["target_dsc"] <= 1
+    too_many = subprocess.run([sys.executable, str(BENCHMARKS / "adaptation.py"), "--domain",
+                               str(shared_data / "real" / "ms_t1"), "--shots", "3"],
+                              capture_output=True, text=True, timeout=300)
+    assert too_many.returncode == 2 and "the target domain has 2 cases" in too_many.stderr
 
 
 def test_startup_benchmark_json():
@@ -140,3 +157,22 @@ def test_real_checks_rows(tmp_path, shared_data, tiny_model):
         assert 0 <= clinical[key] <= 1
     assert all(positive(row["seconds"]) and row["pred_ml"] >= 0 for row in r["rows"])
     assert (tmp_path / "clinical" / "clinical_081_T1w.nii.gz").is_file()
+
+
+def test_clinical_domain_t2_like_reverses_the_tissue_order(shared_data):
+    """The T2-like clinical case is the T1 one with a bright lesion and a dark white matter,
+    same lesion, same grid."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_checks", BENCHMARKS / "real_checks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (_, t1, mask1, _, _), = script.clinical_cases(shared_data, 1, 0, None)
+    (name, t2, mask2, _, _), = script.clinical_cases(shared_data, 1, 0, None, contrast="t2")
+    assert name == "clinical_t2_081" and np.array_equal(mask1.data, mask2.data)
+    lesion = mask1.data > 0
+    brightest_tissue = t1.data > np.percentile(t1.data[t1.data > 0], 90)  # white matter
+    for image, lesion_brighter in ((t1, False), (t2, True)):
+        data = image.data.astype(np.float32)
+        assert (data[lesion].mean() > data[brightest_tissue & ~lesion].mean()) == lesion_brighter
+    assert t2.data[:10, :10].mean() <= 100 < t2.data[lesion].mean()  # the air stays dark
