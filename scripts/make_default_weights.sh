@@ -8,7 +8,7 @@
 #      clinical domain on MS patient 26's anatomy with held-out lesions 81-100).
 #
 #   scripts/make_default_weights.sh INIT [WORK]   (WORK defaults to runs/default-weights)
-#   EPOCHS (default 60), STEPS (60 per epoch), LR (1e-4), SEED (6) and DEVICE (auto) can be set; an
+#   EPOCHS (default 60), STEPS (60 per epoch), LR (1e-4), SEED (7) and DEVICE (auto) can be set; an
 #   interrupted run continues with RESUME=1 (same WORK). Needs nilearn (pip install -e
 #   ".[synth]") and ../shared/data.
 set -euo pipefail
@@ -25,7 +25,7 @@ dunet train --synth mni "$SHARED/ch2.nii.gz" "$SHARED/real/ms_t1/patient19/T1w.n
   --lesions $(printf "$SHARED/lesions/Subject_%03d.nii.gz " $(seq 1 80)) \
   --output "$WORK/dunet.safetensors" --steps-per-epoch "${STEPS:-60}" --epochs "${EPOCHS:-60}" \
   --batch-size 12 --crop-size 96 --lr "${LR:-1e-4}" --dtype bf16 --val-fraction 0 --patience 0 \
-  --lesion-fraction 0.35 --seed "${SEED:-6}" --device "${DEVICE:-auto}" "${start[@]}"
+  --lesion-fraction 0.35 --seed "${SEED:-7}" --device "${DEVICE:-auto}" "${start[@]}"
 
 python - "$WORK/dunet.safetensors" src/napari_dunet/weights/dunet_default.safetensors <<'EOF'
 import sys

@@ -57,8 +57,8 @@ TISSUE_LEVELS = {"head": HEAD, "csf": CSF, "gm": GM, "wm": WM}
 class SynthRanges:
     """The random ranges of one draw (uniform unless said otherwise)."""
 
-    t1_like: float = 0.45  # share of label-map draws with T1 tissue order
-    t2_like: float = 0.2  # share with T2 tissue order (the others: any order)
+    t1_like: float = 0.35  # share of label-map draws with T1 tissue order
+    t2_like: float = 0.35  # share with T2 tissue order (the others: any order)
     painted: float = 0.3  # share of draws with a lesion painted into the anatomy's own T1
     core_like_csf: float = 0.8  # share of draws whose lesion core is near the CSF level
     rotation_deg: float = 12.0
