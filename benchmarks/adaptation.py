@@ -2,7 +2,8 @@
 within a time budget, then score the domain's other cases and the source cases.
 
     python benchmarks/adaptation.py [--weights FILE] [--domain DIR | --contrast t2]
-        [--shots 1 3 10] [--minutes 2] [--eval 6] [--source DIR --source-limit 4] [--json PATH] [--plot PNG]
+        [--shots 1 3 10] [--minutes 2] [--eval 6] [--source DIR --source-limit 4]
+        [--json PATH] [--plot PNG]
 
 The target domain is by default the thick-slice clinical domain of ``real_checks.py`` (MS
 patient 26's T1 anatomy, which no default weights were trained on, held-out LESYMAP lesions
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 "source_dsc": mean_dsc(weights, source, args.device)[0] if source else None}
 
     results = {"weights": str(args.weights),
-               "domain": str(args.domain) if args.domain else f"clinical-{args.contrast}", "cpu": cpu_name(), "minutes": args.minutes,
+               "domain": str(args.domain) if args.domain else f"clinical-{args.contrast}",
+               "cpu": cpu_name(), "minutes": args.minutes,
                "options": {k: getattr(args, k) for k in
                            ("freeze_norm", "train_layers", "lr", "warmup_steps", "rehearsal")},
                "mixed_source_cases": [name for name, _, _ in mixed],
