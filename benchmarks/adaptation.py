@@ -13,10 +13,10 @@ of cases with lesion masks instead (as ``dunet segment`` finds them, in name ord
 real MS T1 scans of ``../shared/data/real/ms_t1``. For each N in ``--shots`` the model starts
 from ``--weights`` and trains on the domain's first N cases as the Fine-tune panel's quick mode
 does (``training.config.QUICK``: the decoder only, epochs of 10 steps of 8 stacks, 96 x 96
-crops, Adam 3e-5, normalisation statistics kept, 2 synthetic rehearsal cases mixed in, the
-dtype measured fastest, stopped by ``--minutes``; options change each), and is scored on the
-next ``--eval`` cases (never trained on) and, with ``--source``, on cases of the domain it was
-trained on (forgetting). Prints a table, writes
+crops, Adam 3e-5, normalisation statistics kept, 2 synthetic rehearsal cases per corrected
+case (20 at most) mixed in, the dtype measured fastest, stopped by ``--minutes``; options
+change each), and is scored on the ``--eval`` cases after the largest N (never trained on) and,
+with ``--source``, on cases of the domain it was trained on (forgetting). Prints a table, writes
 JSON and a curve of DSC against N. Not a test: nothing asserts a figure.
 """
 
@@ -39,7 +39,8 @@ from napari_dunet.checkpoint import read_metadata  # noqa: E402
 from napari_dunet.cpu_dtype import cpu_name  # noqa: E402
 from napari_dunet.io import find_cases, load_volume  # noqa: E402
 from napari_dunet.options import TRAIN_LAYERS  # noqa: E402
-from napari_dunet.training.config import QUICK, QUICK_REHEARSAL  # noqa: E402
+from napari_dunet.training.config import (  # noqa: E402
+    QUICK, QUICK_REHEARSAL_PER_CASE, rehearsal_count)
 from napari_dunet.weights import default_checkpoint  # noqa: E402
 
 
@@ -83,7 +84,7 @@ def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, devi
                             "preprocessing": scheme, **options})
     started = time.perf_counter()
     result = train(prepared, [], config, out, init=weights)
-    return {"epochs": result.epochs_completed,
+    return {"epochs": result.epochs_completed, "rehearsal_cases": rehearsal,
             "steps": result.epochs_completed * config.steps_per_epoch,
             "dtype": dtype, "stop": result.stop_reason,
             "seconds": round(time.perf_counter() - started, 1)}
@@ -148,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mix-source", type=int, default=0, metavar="M",
                         help="also fine-tune on M source cases (the ones after the scored "
                              "ones), against forgetting (default 0)")
-    parser.add_argument("--rehearsal", type=int, default=QUICK_REHEARSAL, metavar="K",
-                        help="also fine-tune on K synthetic MNI cases with procedural lesions "
-                             f"(dunet train --rehearsal), against forgetting (default {QUICK_REHEARSAL})")
+    parser.add_argument("--rehearsal-per-case", type=int, default=QUICK_REHEARSAL_PER_CASE,
+                        metavar="K", help="also fine-tune on K synthetic MNI cases with "
+                        "procedural lesions per corrected case (20 at most; dunet train "
+                        f"--rehearsal), against forgetting (default {QUICK_REHEARSAL_PER_CASE})")
     parser.add_argument("--data", type=Path, default=DATA, metavar="DIR")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--update-norm", dest="freeze_norm", action="store_false",
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                "domain": str(args.domain) if args.domain else f"clinical-{args.contrast}",
                "cpu": cpu_name(), "minutes": args.minutes,
                "options": {k: getattr(args, k) for k in
-                           ("freeze_norm", "train_layers", "lr", "warmup_steps", "rehearsal")},
+                           ("freeze_norm", "train_layers", "lr", "warmup_steps",
+                            "rehearsal_per_case")},
                "mixed_source_cases": [name for name, _, _ in mixed],
                "eval_cases": [name for name, _, _ in held_out],
                "source_cases": [name for name, _, _ in source],
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.shots:
             out = Path(tmp) / f"tuned_{n}.safetensors"
             run = fine_tune(args.weights, train_pool[:n] + mixed, args.minutes, out, args.device,
-                            rehearsal=args.rehearsal,
+                            rehearsal=rehearsal_count(n, args.rehearsal_per_case),
                             freeze_norm=args.freeze_norm, train_layers=args.train_layers,
                             lr=args.lr, warmup_steps=args.warmup_steps)
             results["runs"].append({"shots": n, **run, **scores(out)})

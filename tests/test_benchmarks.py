@@ -54,13 +54,15 @@ def test_viewer_benchmark_clicks_the_real_panel():
 def test_adaptation_benchmark_fine_tunes_and_scores(tmp_path, shared_data):
     out = tmp_path / "adapt.json"
     subprocess.run([sys.executable, str(BENCHMARKS / "adaptation.py"), "--shots", "1",
-                    "--minutes", "0.02", "--eval", "1", "--rehearsal", "1", "--json", str(out),
+                    "--minutes", "0.02", "--eval", "1", "--rehearsal-per-case", "1",
+                    "--json", str(out),
                     "--plot", str(tmp_path / "adapt.png")], check=True, timeout=900,
                    capture_output=True)
     r = json.loads(out.read_text())
     assert r["eval_cases"] == ["clinical_082"]  # the case after the one fine-tuned on
     assert 0 <= r["before"]["target_dsc"] <= 1 and r["runs"][0]["shots"] == 1
     assert r["runs"][0]["epochs"] >= 1 and r["runs"][0]["stop"] == "out-of-time"
+    assert r["runs"][0]["rehearsal_cases"] == 1  # one synthetic case per corrected case
     assert 0 <= r["runs"][0]["target_dsc"] <= 1
     assert (tmp_path / "adapt.png").read_bytes().startswith(b"\x89PNG")
 
@@ -69,7 +71,7 @@ def test_adaptation_benchmark_takes_a_folder_of_real_cases(tmp_path, shared_data
     out = tmp_path / "adapt.json"
     subprocess.run([sys.executable, str(BENCHMARKS / "adaptation.py"), "--domain",
                     str(shared_data / "real" / "ms_t1"), "--shots", "1", "--eval", "1",
-                    "--minutes", "0.02", "--rehearsal", "0", "--json", str(out)],
+                    "--minutes", "0.02", "--rehearsal-per-case", "0", "--json", str(out)],
                    check=True, timeout=900, capture_output=True)
     r = json.loads(out.read_text())
     # fine-tuned on the first patient's corrected scan, scored on the other one

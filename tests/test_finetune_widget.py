@@ -11,7 +11,7 @@ from conftest import make_head
 from napari_dunet import model_store
 from napari_dunet.checkpoint import default_metadata, load_checkpoint, save_checkpoint
 from napari_dunet.models import build_model
-from napari_dunet.training.config import QUICK_REHEARSAL
+from napari_dunet.training.config import QUICK_REHEARSAL_PER_CASE
 
 FAST = {"input_size": 32, "batch_size": 4, "steps_per_epoch": 2}
 TIMEOUT_MS = 120_000
@@ -38,7 +38,7 @@ def make_widget(viewer, tmp_path, epochs):
     from napari_dunet._widgets.finetune import FinetuneWidget
 
     widget = FinetuneWidget(viewer)
-    assert widget._rehearsal.value == QUICK_REHEARSAL  # the quick default (nilearn is installed)
+    assert widget._rehearsal.value == QUICK_REHEARSAL_PER_CASE  # quick default (nilearn here)
     widget.config_overrides = dict(FAST)
     widget._epochs.value, widget._crop.value, widget._rehearsal.value = epochs, 0, 0
     widget._out.value = tmp_path / "tuned.safetensors"
@@ -56,7 +56,7 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
     widget = make_widget(viewer, tmp_path, epochs=2)
     widget.config_overrides = {"input_size": 32}
     widget._batch.value, widget._steps.value, widget._crop.value = 4, 2, 16  # set in the panel
-    widget._rehearsal.value = 1
+    widget._rehearsal.value = 1  # one synthetic case per training pair
     for image, labels in zip(viewer.layers[0::2], viewer.layers[1::2]):
         widget._image.value, widget._mask.value = image, labels
         widget.add_current_pair()
@@ -80,8 +80,8 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
     assert segment._weights.value == out  # "Segment lesion" follows the store
     _, meta = load_checkpoint(out)
     assert meta["model"] == "dunet-tiny" and meta["training"]["init"] == str(tiny_checkpoint)
-    assert meta["training"]["cases"] == {"train": 3, "validation": 1}
-    assert meta["training"]["case_names"][-1] == "rehearsal-0"  # the synthetic one mixed in
+    assert meta["training"]["cases"] == {"train": 4, "validation": 1}  # 2 pairs, 2 synthetic
+    assert meta["training"]["case_names"][-2:] == ["rehearsal-0", "rehearsal-1"]
     config = meta["training"]["config"]
     assert config["max_minutes"] == 2  # the panel's default time limit (quick mode)
     assert config["train_layers"] == "decoder" and config["crop_size"] == 16  # quick by default

@@ -28,7 +28,7 @@ from ..errors import DunetError, InputError
 from ..io import Case, Volume
 from ..layers import layer_volume, same_grid_kwargs
 from ..options import DEVICES, LOSSES, TRAIN_LAYERS
-from ..training.config import QUICK, QUICK_REHEARSAL, TrainConfig
+from ..training.config import QUICK, QUICK_REHEARSAL_PER_CASE, TrainConfig, rehearsal_count
 from .layout import Panel, elided_label
 from .runner import JobRunner, failure
 
@@ -151,11 +151,11 @@ class FinetuneWidget(Panel):
             "model (a few batches would replace them and break the model)"))
         nilearn = _has_nilearn()
         self._rehearsal = SpinBox(
-            label="Rehearsal", value=QUICK_REHEARSAL if nilearn else 0, min=0, max=20,
-            enabled=nilearn,
-            tooltip="Synthetic cases (MNI152 template, made-up lesions) trained on beside yours, "
-                    "so that the model forgets less of what it knew; needs nilearn "
-                    "(pip install 'napari-dunet[synth]')")
+            label="Rehearsal/case", value=QUICK_REHEARSAL_PER_CASE if nilearn else 0, min=0,
+            max=10, enabled=nilearn,
+            tooltip="Synthetic cases (MNI152 template, made-up lesions) trained on beside each of "
+                    "yours (20 at most), so that the model forgets less of what it knew; needs "
+                    "nilearn (pip install 'napari-dunet[synth]')")
         self._val = SpinBox(label="Validation", value=0, min=0, max=100,
                             tooltip="Pairs held out to measure DSC after every epoch")
         self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
@@ -276,8 +276,9 @@ class FinetuneWidget(Panel):
         init = model_store.current_checkpoint()
         notes = [] if init is not None else [
             "No weights are loaded, so a new model is trained from scratch."]
-        return FinetuneJob(pairs, config, out, init, int(self._val.value),
-                           int(self._rehearsal.value), notes)
+        val = int(self._val.value)
+        rehearsal = rehearsal_count(max(len(pairs) - val, 0), int(self._rehearsal.value))
+        return FinetuneJob(pairs, config, out, init, val, rehearsal, notes)
 
     # -- running ---------------------------------------------------------------------------
     def start(self) -> None:

@@ -87,8 +87,14 @@ class TrainConfig:
 
 # Few-case fine-tuning on a CPU, the Fine-tune panel's default (measured by
 # benchmarks/adaptation.py, docs/training.md): the decoder learns at a low rate on crops in
-# short epochs, normalisation keeps its statistics, the clock ends the run, and QUICK_REHEARSAL
-# synthetic cases are mixed in against forgetting
+# short epochs, normalisation keeps its statistics, the clock ends the run, and
+# QUICK_REHEARSAL_PER_CASE synthetic cases per corrected case are mixed in against forgetting
 QUICK = {"train_layers": "decoder", "lr": 3e-5, "crop_size": 96, "steps_per_epoch": 10,
          "batch_size": 8, "freeze_norm": True, "max_minutes": 2.0, "epochs": 100_000}
-QUICK_REHEARSAL = 2
+QUICK_REHEARSAL_PER_CASE = 2
+MAX_REHEARSAL = 20  # about 40 s to draw on a 2-core CPU
+
+
+def rehearsal_count(n_cases: int, per_case: int = QUICK_REHEARSAL_PER_CASE) -> int:
+    """Synthetic rehearsal cases to mix into a fine-tune on ``n_cases`` corrected cases."""
+    return min(per_case * n_cases, MAX_REHEARSAL)
