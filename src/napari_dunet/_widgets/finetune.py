@@ -151,11 +151,11 @@ class FinetuneWidget(Panel):
             "model (a few batches would replace them and break the model)"))
         nilearn = _has_nilearn()
         self._rehearsal = SpinBox(
-            label="Rehearsal/case", value=QUICK_REHEARSAL_PER_CASE if nilearn else 0, min=0,
+            label="Rehearsal", value=QUICK_REHEARSAL_PER_CASE if nilearn else 0, min=0,
             max=10, enabled=nilearn,
-            tooltip="Synthetic cases (MNI152 template, made-up lesions) trained on beside each of "
-                    "yours (20 at most), so that the model forgets less of what it knew; needs "
-                    "nilearn (pip install 'napari-dunet[synth]')")
+            tooltip="Synthetic cases per training pair (MNI152 template, made-up lesions; 20 "
+                    "at most) trained on beside yours, so that the model forgets less of what "
+                    "it knew; needs nilearn (pip install 'napari-dunet[synth]')")
         self._val = SpinBox(label="Validation", value=0, min=0, max=100,
                             tooltip="Pairs held out to measure DSC after every epoch")
         self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
