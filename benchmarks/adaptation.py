@@ -40,7 +40,7 @@ from napari_dunet.cpu_dtype import cpu_name  # noqa: E402
 from napari_dunet.io import find_cases, load_volume  # noqa: E402
 from napari_dunet.options import TRAIN_LAYERS  # noqa: E402
 from napari_dunet.training.config import (  # noqa: E402
-    QUICK, QUICK_REHEARSAL_PER_CASE, rehearsal_count)
+    MAX_REHEARSAL, QUICK, QUICK_REHEARSAL_PER_CASE, rehearsal_count)
 from napari_dunet.weights import default_checkpoint  # noqa: E402
 
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                              "ones), against forgetting (default 0)")
     parser.add_argument("--rehearsal-per-case", type=int, default=QUICK_REHEARSAL_PER_CASE,
                         metavar="K", help="also fine-tune on K synthetic MNI cases with "
-                        "procedural lesions per corrected case (20 at most; dunet train "
+                        f"procedural lesions per corrected case ({MAX_REHEARSAL} at most; dunet train "
                         f"--rehearsal), against forgetting (default {QUICK_REHEARSAL_PER_CASE})")
     parser.add_argument("--data", type=Path, default=DATA, metavar="DIR")
     parser.add_argument("--device", default="auto")

@@ -28,7 +28,8 @@ from ..errors import DunetError, InputError
 from ..io import Case, Volume
 from ..layers import layer_volume, same_grid_kwargs
 from ..options import DEVICES, LOSSES, TRAIN_LAYERS
-from ..training.config import QUICK, QUICK_REHEARSAL_PER_CASE, TrainConfig, rehearsal_count
+from ..training.config import (MAX_REHEARSAL, QUICK, QUICK_REHEARSAL_PER_CASE, TrainConfig,
+                               rehearsal_count)
 from .layout import Panel, elided_label
 from .runner import JobRunner, failure
 
@@ -153,8 +154,8 @@ class FinetuneWidget(Panel):
         self._rehearsal = SpinBox(
             label="Rehearsal", value=QUICK_REHEARSAL_PER_CASE if nilearn else 0, min=0,
             max=10, enabled=nilearn,
-            tooltip="Synthetic cases per training pair (MNI152 template, made-up lesions; 20 "
-                    "at most) trained on beside yours, so that the model forgets less of what "
+            tooltip=f"Synthetic cases per training pair (MNI152 template, made-up lesions; "
+                    f"{MAX_REHEARSAL} at most) trained on beside yours, so that the model forgets less of what "
                     "it knew; needs nilearn (pip install 'napari-dunet[synth]')")
         self._val = SpinBox(label="Validation", value=0, min=0, max=100,
                             tooltip="Pairs held out to measure DSC after every epoch")
@@ -277,7 +278,7 @@ class FinetuneWidget(Panel):
         notes = [] if init is not None else [
             "No weights are loaded, so a new model is trained from scratch."]
         val = int(self._val.value)
-        rehearsal = rehearsal_count(max(len(pairs) - val, 0), int(self._rehearsal.value))
+        rehearsal = rehearsal_count(len(pairs) - val, int(self._rehearsal.value))
         return FinetuneJob(pairs, config, out, init, val, rehearsal, notes)
 
     # -- running ---------------------------------------------------------------------------
