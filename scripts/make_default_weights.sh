@@ -3,13 +3,14 @@
 #   1. train D-UNet with `dunet train --synth` on cases drawn on the fly from three anatomies'
 #      label maps (MNI152 2009a, ch2, MS patient 19's T1) with LESYMAP lesion shapes 1-80
 #      (docs/synthesis.md), starting from INIT (the previous default weights);
-#   2. store the last epoch in half precision, with threshold 0.7, as the package's default checkpoint;
+#   2. store the mean of the weights after epochs EPOCHS-2*EVERY, EPOCHS-EVERY and EPOCHS (single
+#      epochs swing) in half precision, with threshold THRESHOLD, as the package's default checkpoint;
 #   3. score it with benchmarks/real_checks.py (real stroke T2, real MS T1 scans, a thick-slice
 #      clinical domain on MS patient 26's anatomy with held-out lesions 81-100).
 #
 #   scripts/make_default_weights.sh INIT [WORK]   (WORK defaults to runs/default-weights)
-#   EPOCHS (default 60), STEPS (60 per epoch), LR (1e-4), SEED (7) and DEVICE (auto) can be set; an
-#   interrupted run continues with RESUME=1 (same WORK). Needs nilearn (pip install -e
+#   EPOCHS (default 60), EVERY (4), STEPS (60 per epoch), LR (1e-4), SEED (7), THRESHOLD (0.7) and
+#   DEVICE (auto) can be set; an interrupted run continues with RESUME=1 (same WORK). Needs nilearn (pip install -e
 #   ".[synth]") and ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,23 +20,26 @@ WORK=${2:-runs/default-weights}
 SHARED=${SHARED:-../shared/data}
 mkdir -p "$WORK"
 
+EPOCHS=${EPOCHS:-60}
+EVERY=${EVERY:-4}
 start=(--init "$INIT" --overwrite)
-[ "${RESUME:-0}" = 1 ] && start=(--resume)
-dunet train --synth mni "$SHARED/ch2.nii.gz" "$SHARED/real/ms_t1/patient19/T1w.nii.gz" \
-  --lesions $(printf "$SHARED/lesions/Subject_%03d.nii.gz " $(seq 1 80)) \
-  --output "$WORK/dunet.safetensors" --steps-per-epoch "${STEPS:-60}" --epochs "${EPOCHS:-60}" \
-  --batch-size 12 --crop-size 96 --lr "${LR:-1e-4}" --dtype bf16 --val-fraction 0 --patience 0 \
-  --lesion-fraction 0.35 --seed "${SEED:-7}" --device "${DEVICE:-auto}" "${start[@]}"
+if [ "${RESUME:-0}" = 1 ]; then start=(--resume); else rm -f "$WORK"/epoch*.safetensors; fi
+kept=()
+for epochs in $((EPOCHS - 2 * EVERY)) $((EPOCHS - EVERY)) "$EPOCHS"; do
+  kept+=("$WORK/epoch$epochs.safetensors")
+  if [ ! -f "$WORK/epoch$epochs.safetensors" ]; then
+    dunet train --synth mni "$SHARED/ch2.nii.gz" "$SHARED/real/ms_t1/patient19/T1w.nii.gz" \
+      --lesions $(printf "$SHARED/lesions/Subject_%03d.nii.gz " $(seq 1 80)) \
+      --output "$WORK/dunet.safetensors" --steps-per-epoch "${STEPS:-60}" --epochs "$epochs" \
+      --batch-size 12 --crop-size 96 --lr "${LR:-1e-4}" --dtype bf16 --val-fraction 0 \
+      --patience 0 --lesion-fraction 0.35 --seed "${SEED:-7}" --device "${DEVICE:-auto}" \
+      "${start[@]}"
+    cp "$WORK/dunet.safetensors" "$WORK/epoch$epochs.safetensors"
+  fi
+  start=(--resume)
+done
 
-python - "$WORK/dunet.safetensors" src/napari_dunet/weights/dunet_default.safetensors <<'EOF'
-import sys
-
-from napari_dunet.checkpoint import load_checkpoint, save_checkpoint
-
-model, metadata = load_checkpoint(sys.argv[1])
-metadata["threshold"] = 0.7  # the shipped weights' threshold (MODEL_CARD.md)
-save_checkpoint(sys.argv[2], model, metadata, half=True)
-print(f"wrote {sys.argv[2]} (float16)")
-EOF
+python scripts/average_checkpoints.py src/napari_dunet/weights/dunet_default.safetensors \
+  "${kept[@]}" --threshold "${THRESHOLD:-0.7}"
 
 python benchmarks/real_checks.py --json "$WORK/real_checks.json"

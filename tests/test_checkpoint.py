@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from napari_dunet.checkpoint import default_metadata, load_checkpoint, read_metadata, save_checkpoint
+from napari_dunet.checkpoint import (average_checkpoints, default_metadata, load_checkpoint,
+                                     read_metadata, save_checkpoint)
 from napari_dunet.errors import CheckpointError
 from napari_dunet.models import build_model
 
@@ -29,6 +30,30 @@ def test_half_precision_is_smaller_and_loads_as_float32(tmp_path):
     assert half.stat().st_size < 0.6 * full.stat().st_size
     loaded, _ = load_checkpoint(half)
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+def test_average_of_epochs_is_the_mean_of_their_weights(tmp_path):
+    """Weights and BatchNorm statistics are averaged; the last epoch's metadata is kept, with
+    the averaged files recorded; checkpoints of different models are refused."""
+    paths, models = [], []
+    for i in range(3):
+        torch.manual_seed(i)
+        models.append(build_model("add-1"))
+        paths.append(save_checkpoint(tmp_path / f"e{i}.safetensors", models[-1],
+                                     default_metadata("add-1", threshold=0.5 + i / 10)))
+    mean, meta = average_checkpoints(paths)
+    for key, value in mean.state_dict().items():
+        expected = [m.state_dict()[key] for m in models]
+        if value.is_floating_point():
+            assert torch.allclose(value, sum(expected) / 3, atol=1e-6), key
+        else:
+            assert torch.equal(value, expected[-1]), key
+    assert meta["threshold"] == 0.7 and meta["averaged"] == ["e0.safetensors", "e1.safetensors",
+                                                             "e2.safetensors"]
+    other = save_checkpoint(tmp_path / "u.safetensors", build_model("dunet"),
+                            default_metadata("dunet"))
+    with pytest.raises(CheckpointError, match="for model 'dunet', not 'add-1'"):
+        average_checkpoints([other, paths[0]])
 
 
 def test_checkpoint_for_another_model(tmp_path):

@@ -108,6 +108,21 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None,
     return model.to(device).eval(), meta
 
 
+def average_checkpoints(paths: list[str | os.PathLike]) -> tuple[nn.Module, dict[str, Any]]:
+    """The mean of several checkpoints of one model (e.g. the last epochs of a run), as
+    ``(model, metadata)``: floating tensors averaged, the others (BatchNorm's step counts) and
+    the metadata taken from the last, with the averaged files recorded under ``averaged``.
+    Every checkpoint must be of the same model (``CheckpointError`` otherwise)."""
+    if not paths:
+        raise CheckpointError("Give at least one checkpoint to average.")
+    model, meta = load_checkpoint(paths[-1])
+    states = [load_checkpoint(p, meta["model"])[0].state_dict() for p in paths]
+    mean = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
+            for k, v in states[-1].items()}
+    model.load_state_dict(mean)
+    return model, {**meta, "averaged": [Path(p).name for p in paths]}
+
+
 def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():

@@ -1,0 +1,95 @@
+"""Which probability threshold suits a checkpoint? Mean DSC, precision and recall over a folder of
+traced cases at several thresholds, from one fp32 probability map per case.
+
+    python benchmarks/choose_threshold.py --weights FILE --cases DIR [--thresholds 0.3 0.5 0.7]
+        [--json out.json]
+
+Pick the threshold on cases that are not the ones the checkpoint is judged on (e.g. ``dunet
+synth`` cases on another anatomy than the checks'); the best mean DSC is marked. Prints a table,
+and the JSON (``-``: to stdout instead of the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_dunet import metrics
+from napari_dunet.checkpoint import load_checkpoint
+from napari_dunet.cpu_dtype import cpu_name
+from napari_dunet.io import find_cases, load_mask, load_volume
+from napari_dunet.options import SegmentOptions
+from napari_dunet.segmentation import checkpoint_threshold, segment
+from napari_dunet.weights import default_checkpoint
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def sweep(probability: np.ndarray, truth: np.ndarray, thresholds) -> list[dict]:
+    """DSC, precision and recall of ``probability >= t`` against ``truth``, for each t."""
+    rows = []
+    for t in thresholds:
+        c = metrics.confusion((probability >= t).astype(np.uint8), truth)
+        rows.append({"threshold": t, "dsc": metrics.dice(c), "precision": metrics.precision(c),
+                     "recall": metrics.recall(c)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="checkpoint (default: the bundled default weights)")
+    parser.add_argument("--cases", type=Path, required=True,
+                        help="folder of images with their lesion masks (any layout dunet reads)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS)
+    parser.add_argument("--limit", type=int, default=None, help="at most N cases")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", default=None, help="write the results here (- : print them)")
+    args = parser.parse_args(argv)
+    if any(not 0 < t < 1 for t in args.thresholds):
+        parser.error("thresholds lie strictly between 0 and 1")
+    cases = [c for c in find_cases(args.cases) if c.masks][:args.limit]
+    if not cases:
+        parser.error(f"{args.cases}: no image with a lesion mask")
+    weights = args.weights or default_checkpoint()
+    model, meta = load_checkpoint(weights)
+    options = SegmentOptions(device=args.device, precision="fp32")  # maps exact at every t
+    per_case = []
+    for case in cases:
+        start = time.perf_counter()
+        result = segment(load_volume(case.image), model, meta, options)
+        truth = np.zeros(result.mask.shape, np.uint8)
+        for path in case.masks:
+            truth |= load_mask(path).data.astype(bool)
+        per_case.append({"case": case.name, "seconds": time.perf_counter() - start,
+                         "rows": sweep(result.probability, truth, args.thresholds)})
+        print(f"{case.name}: {per_case[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    summary = [{key: float(np.mean([c["rows"][i][key] for c in per_case]))
+                for key in ("dsc", "precision", "recall")} | {"threshold": t}
+               for i, t in enumerate(args.thresholds)]
+    best = max(summary, key=lambda row: row["dsc"])["threshold"]
+    out = {"weights": str(weights), "checkpoint_threshold": checkpoint_threshold(meta),
+           "cpu": cpu_name(), "cases": len(per_case), "best_threshold": best,
+           "summary": summary, "per_case": per_case}
+    if args.json == "-":
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{len(per_case)} cases from {args.cases}, weights {weights} "
+          f"(its threshold {out['checkpoint_threshold']}); CPU {out['cpu']}\n")
+    print(f"{'threshold':>9} {'mean DSC':>9} {'precision':>9} {'recall':>9}")
+    for row in summary:
+        mark = "  <- best" if row["threshold"] == best else ""
+        print(f"{row['threshold']:>9.2f} {row['dsc']:>9.3f} {row['precision']:>9.3f} "
+              f"{row['recall']:>9.3f}{mark}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
