@@ -178,3 +178,44 @@ def test_clinical_domain_t2_like_reverses_the_tissue_order(shared_data):
         data = image.data.astype(np.float32)
         assert (data[lesion].mean() > data[brightest_tissue & ~lesion].mean()) == lesion_brighter
     assert t2.data[:10, :10].mean() <= 100 < t2.data[lesion].mean()  # the air stays dark
+
+
+def test_choose_threshold_sweeps_one_map_per_case(tmp_path, tiny_model):
+    """Two traced cases: a row per threshold with DSC, precision and recall in [0, 1], recall
+    never rising with the threshold, and the best threshold one of those asked for."""
+    import importlib.util
+
+    import nibabel as nib
+    import torch
+
+    from conftest import make_head
+    from napari_dunet.checkpoint import default_metadata, save_checkpoint
+    from napari_dunet.models import build_model
+
+    torch.manual_seed(0)
+    weights = save_checkpoint(tmp_path / "tiny.safetensors", build_model(tiny_model),
+                              default_metadata(tiny_model))
+    cases = tmp_path / "cases"
+    for seed in (0, 1):
+        image, mask = make_head(seed=seed)
+        folder = cases / f"sub-{seed}"
+        folder.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), folder / f"sub-{seed}_T1w.nii.gz")
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), folder / f"sub-{seed}_label-L_mask.nii.gz")
+    spec = importlib.util.spec_from_file_location("choose_threshold",
+                                                  BENCHMARKS / "choose_threshold.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "t.json"
+    assert script.main(["--weights", str(weights), "--cases", str(cases), "--device", "cpu",
+                        "--thresholds", "0.2", "0.5", "0.8", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["cases"] == 2 and [c["case"] for c in r["per_case"]] == ["sub-0", "sub-1"]
+    assert [row["threshold"] for row in r["summary"]] == [0.2, 0.5, 0.8]
+    assert r["best_threshold"] in (0.2, 0.5, 0.8)
+    for case in r["per_case"]:
+        recalls = [row["recall"] for row in case["rows"]]
+        assert recalls == sorted(recalls, reverse=True)
+        assert all(0 <= row[k] <= 1 for row in case["rows"] for k in ("dsc", "precision"))
+    with pytest.raises(SystemExit):
+        script.main(["--weights", str(weights), "--cases", str(cases), "--thresholds", "1.5"])
