@@ -97,14 +97,20 @@ def test_lesion_free_draws_show_a_whole_healthy_head(ch2_labels, lesion):
     assert 12 <= sum(shares) <= 20  # the default ranges keep a lesion in most draws
 
 
-def test_intensities_keep_the_lesion_core_near_csf_in_most_draws():
+def test_lesion_core_is_visible_and_near_csf_in_most_draws():
+    """Every draw's core stands out from grey and white matter (a mask over a lesion that
+    cannot be seen teaches the network to mark lesions where they usually lie); in most draws
+    it is fluid-like, near the CSF level."""
+    contrast = labelsynth.SynthRanges().lesion_contrast
     near = 0
-    for seed in range(200):
+    for seed in range(300):
         means = labelsynth.label_intensities(np.random.default_rng(seed))
-        csf = means[list(labelsynth.CSF)].mean()
+        csf, gm, wm = (means[list(v)].mean() for v in (labelsynth.CSF, labelsynth.GM, labelsynth.WM))
         tissue = means[list(labelsynth.GM) + list(labelsynth.WM)].mean()
+        assert min(abs(means[labelsynth.CORE] - gm), abs(means[labelsynth.CORE] - wm)) >= (
+            contrast - 1e-6), seed
         near += abs(means[labelsynth.CORE] - csf) <= 0.1 * abs(tissue - csf) + 1e-6
-    assert 0.7 <= near / 200 <= 0.95
+    assert 0.6 <= near / 300 <= 0.9
 
 
 @pytest.mark.slow

@@ -61,6 +61,7 @@ class SynthRanges:
     t2_like: float = 0.35  # share with T2 tissue order (the others: any order)
     painted: float = 0.3  # share of draws with a lesion painted into the anatomy's own T1
     core_like_csf: float = 0.8  # share of draws whose lesion core is near the CSF level
+    lesion_contrast: float = 0.15  # least difference of the core from the grey and white matter
     rotation_deg: float = 12.0
     scale: float = 0.12  # each axis scaled by 1 +- scale
     shift_mm: float = 10.0
@@ -277,9 +278,24 @@ def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRange
     tissue = float(means[list(GM) + list(WM)].mean())
     if rng.random() < ranges.core_like_csf:
         means[CORE] = csf + rng.uniform(-0.1, 0.1) * abs(tissue - csf)
+    levels = [float(means[list(v)].mean()) for v in (GM, WM)]
+    means[CORE] = _visible(float(means[CORE]), csf, levels, ranges.lesion_contrast, rng)
     means[RIM] = means[CORE] + rng.uniform(0.2, 0.8) * (tissue - means[CORE])
     means[BACKGROUND] = 0.0
     return np.clip(means, 0.0, 1.2)
+
+
+def _visible(core: float, csf: float, tissues: list[float], contrast: float,
+             rng: np.random.Generator) -> float:
+    """``core``, or, where it lies within ``contrast`` of a tissue level, a level beyond the
+    tissues on the CSF's side (else the other side, else midway): a mask drawn over a lesion
+    that cannot be seen would teach the network to mark lesions where they usually lie."""
+    if min(abs(core - t) for t in tissues) >= contrast:
+        return core
+    lo, hi = min(tissues), max(tissues)
+    below, above = lo - contrast - rng.uniform(0, 0.1), hi + contrast + rng.uniform(0, 0.1)
+    sides = (below, above) if csf < (lo + hi) / 2 else (above, below)
+    return next((v for v in sides if 0.0 <= v <= 1.2), (lo + hi) / 2)
 
 
 def _paint(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -> np.ndarray:
