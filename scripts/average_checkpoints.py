@@ -1,7 +1,7 @@
 """Average the weights of several checkpoints of one run (the last epochs smooth out the swings
 of single epochs) and store the mean, float16, with the threshold to ship.
 
-    python scripts/average_checkpoints.py OUT IN [IN ...] [--threshold 0.7]
+    python scripts/average_checkpoints.py OUT IN [IN ...] [--threshold 0.8]
 """
 
 from __future__ import annotations
