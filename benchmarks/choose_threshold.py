@@ -22,7 +22,8 @@ import numpy as np
 from napari_dunet import metrics
 from napari_dunet.checkpoint import load_checkpoint
 from napari_dunet.cpu_dtype import cpu_name
-from napari_dunet.io import find_cases, load_mask, load_volume
+from napari_dunet.evaluation import load_mask_files
+from napari_dunet.io import find_cases, load_volume
 from napari_dunet.options import SegmentOptions
 from napari_dunet.segmentation import checkpoint_threshold, segment
 from napari_dunet.weights import default_checkpoint
@@ -63,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         start = time.perf_counter()
         result = segment(load_volume(case.image), model, meta, options)
-        truth = np.zeros(result.mask.shape, np.uint8)
-        for path in case.masks:
-            truth |= load_mask(path).data.astype(bool)
+        truth = load_mask_files(case.masks)[0]
         per_case.append({"case": case.name, "seconds": time.perf_counter() - start,
                          "rows": sweep(result.probability, truth, args.thresholds)})
         print(f"{case.name}: {per_case[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)

@@ -116,7 +116,8 @@ def average_checkpoints(paths: list[str | os.PathLike]) -> tuple[nn.Module, dict
     if not paths:
         raise CheckpointError("Give at least one checkpoint to average.")
     model, meta = load_checkpoint(paths[-1])
-    states = [load_checkpoint(p, meta["model"])[0].state_dict() for p in paths]
+    states = [load_checkpoint(p, meta["model"])[0].state_dict() for p in paths[:-1]]
+    states.append(model.state_dict())
     mean = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
             for k, v in states[-1].items()}
     model.load_state_dict(mean)

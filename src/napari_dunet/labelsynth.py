@@ -278,8 +278,8 @@ def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRange
     tissue = float(means[list(GM) + list(WM)].mean())
     if rng.random() < ranges.core_like_csf:
         means[CORE] = csf + rng.uniform(-0.1, 0.1) * abs(tissue - csf)
-    levels = [float(means[list(v)].mean()) for v in (GM, WM)]
-    means[CORE] = _visible(float(means[CORE]), csf, levels, ranges.lesion_contrast, rng)
+    grey_white = [float(means[list(v)].mean()) for v in (GM, WM)]
+    means[CORE] = _visible(float(means[CORE]), csf, grey_white, ranges.lesion_contrast, rng)
     means[RIM] = means[CORE] + rng.uniform(0.2, 0.8) * (tissue - means[CORE])
     means[BACKGROUND] = 0.0
     return np.clip(means, 0.0, 1.2)
