@@ -165,3 +165,24 @@ def test_painted_draws_keep_the_anatomy_s_own_scan_with_the_lesion_where_it_was(
     healthy = ch2_labels.source.brain & ~lesion  # real texture: the scan, not label means
     assert np.corrcoef(image.data[healthy], t1[healthy])[0, 1] > 0.9
     assert image.data[lesion].mean() < 0.8 * image.data[healthy].mean()  # a dark T1 lesion
+
+
+def test_gliotic_lesions_are_mostly_rim(ch2_labels, lesion):
+    def rim_share(ranges):
+        labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(2), ranges)
+        return (labels[lesion] == labelsynth.RIM).mean()
+
+    cavity = rim_share(labelsynth.SynthRanges(gliotic=0.0))
+    gliotic = rim_share(labelsynth.SynthRanges(gliotic=1.0))
+    assert cavity < 0.5 < gliotic
+
+
+def test_mottle_pulls_lesion_voxels_part_of_the_way_to_the_tissue_and_leaves_the_rest(ch2_labels, lesion):
+    labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(0))
+    image = np.where(np.isin(labels, [labelsynth.CORE, labelsynth.RIM]), 0.1, 0.6).astype(np.float32)
+    before = image.copy()
+    labelsynth._mottle(image, labels, 0.6, 0.5, np.random.default_rng(0))
+    assert np.array_equal(image[~lesion], before[~lesion])
+    moved = image[lesion] - 0.1
+    assert moved.min() >= 0 and moved.max() <= 0.25 + 1e-6  # at most half-way, still darker
+    assert moved.std() > 0.02  # a field, not one level

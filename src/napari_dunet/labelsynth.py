@@ -13,7 +13,9 @@ the shape of a lesion, not one scanner's look. Every draw (``draw_scan``):
 4. an intensity per label: T1-like order in many draws (CSF < GM < WM, lesion core near CSF),
    T2-like order in some (WM < GM < CSF, the order of T2 and proton-density scans), any order
    in the rest; the lesion core stays near the CSF level in most draws (a fluid cavity looks
-   like CSF in any contrast); per-label texture and partial-volume blur. A share of the draws
+   like CSF in any contrast); some lesions are mostly gliotic rim, and a smooth random field
+   pulls lesion voxels part of the way to the tissue level (cavity and gliosis mixed);
+   per-label texture and partial-volume blur. A share of the draws
    with a lesion is painted instead (``SynthRanges.painted``): the anatomy's own T1, with the
    real texture of a scan, gets the lesion of ``synth.synthesize_case`` (the appearance model
    of ``dunet synth``) and then the same deformation, field of view and slices;
@@ -76,6 +78,9 @@ class SynthRanges:
     gamma: tuple[float, float] = (0.7, 1.5)  # log-uniform
     noise: tuple[float, float] = (0.0, 0.05)  # Rician sigma, fraction of the brightest tissue
     rim_mm: tuple[float, float] = (1.0, 3.0)  # depth of the gliotic rim inside the mask
+    gliotic: float = 0.3  # share of lesions mostly gliosis: their rim reaches gliotic_rim_mm deep
+    gliotic_rim_mm: tuple[float, float] = (3.0, 10.0)
+    mottle: tuple[float, float] = (0.0, 0.5)  # largest pull of lesion voxels towards the tissue
     ex_vacuo_mm: tuple[float, float] = (0.0, 3.0)
     cortical_loss: float = 0.5  # share of draws where cortex next to the lesion becomes CSF
     lesion_free: float = 0.15  # share of draws without the lesion (a whole lesion-free head)
@@ -204,7 +209,8 @@ def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator
     if rng.random() < ranges.cortical_loss:
         sub[np.isin(sub, GM) & (outside_mm <= rng.uniform(1.0, 3.0))] = CSF[0]
     depth_mm = ndi.distance_transform_edt(les)
-    sub[les] = np.where(depth_mm[les] <= rng.uniform(*ranges.rim_mm), RIM, CORE)
+    rim_mm = ranges.gliotic_rim_mm if rng.random() < ranges.gliotic else ranges.rim_mm
+    sub[les] = np.where(depth_mm[les] <= rng.uniform(*rim_mm), RIM, CORE)
     labels[box] = sub
     return labels
 
@@ -299,12 +305,31 @@ def _visible(core: float, csf: float, tissues: list[float], contrast: float,
 
 
 def _paint(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -> np.ndarray:
-    """Intensities per label, texture, and partial-volume blur."""
+    """Intensities per label, a mottled lesion, texture, and partial-volume blur."""
     means = label_intensities(rng, ranges).astype(np.float32)
     sds = rng.uniform(*ranges.texture, N_LABELS).astype(np.float32)
     sds[BACKGROUND] = 0.0
-    image = means[labels] + sds[labels] * rng.standard_normal(labels.shape, dtype=np.float32)
+    image = means[labels]
+    _mottle(image, labels, float(means[list(GM + WM)].mean()), rng.uniform(*ranges.mottle), rng)
+    image += sds[labels] * rng.standard_normal(labels.shape, dtype=np.float32)
     return ndi.gaussian_filter(image, rng.uniform(*ranges.blur_mm), truncate=2.5)
+
+
+def _mottle(image: np.ndarray, labels: np.ndarray, tissue: float, pull: float,
+            rng: np.random.Generator) -> None:
+    """Pull the lesion's voxels towards the ``tissue`` level by up to ``pull`` (a smooth random
+    field, 8 mm grain), in place: chronic lesions mix cavity, gliosis and spared tissue."""
+    lesion = (labels == CORE) | (labels == RIM)
+    if pull <= 0 or not lesion.any():
+        return
+    inside = np.argwhere(lesion)
+    box = tuple(slice(a, b + 1) for a, b in zip(inside.min(0), inside.max(0)))
+    shape = tuple(b.stop - b.start for b in box)
+    coarse = rng.random((1, 1, *(n // 8 + 2 for n in shape)), dtype=np.float32)
+    field = F.interpolate(torch.from_numpy(coarse), size=shape, mode="trilinear",
+                          align_corners=True)[0, 0].numpy()
+    sub, les = image[box], lesion[box]
+    sub[les] += pull * field[les] * (tissue - sub[les])
 
 
 def _field_of_view_and_slices(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
