@@ -83,10 +83,14 @@ def draws_figure(data: Path, out: Path, n: int = 18) -> None:
         image, mask = labelsynth.draw_scan(anatomy, lesion, rng)
         geometry, normalized = preprocess(image.data, image.affine)
         seen = geometry.forward(mask.data.astype(np.float32)) >= 0.5
-        z = int(np.argmax(seen.sum(dim=(1, 2))))
-        ax.imshow(geometry.forward(normalized)[z].numpy(), cmap="gray", origin="lower", vmin=0, vmax=1)
+        network_input = geometry.forward(normalized)
+        # a lesion-free draw (``SynthRanges.lesion_free``) shows its fullest head slice
+        shown = seen if seen.any() else network_input > 0
+        z = int(np.argmax(shown.sum(dim=(1, 2))))
+        ax.imshow(network_input[z].numpy(), cmap="gray", origin="lower", vmin=0, vmax=1)
         ax.contour(seen[z].numpy(), [0.5], colors="r", linewidths=0.6)
-        ax.set_title(f"{anatomy.name}, {image.voxel_size[2]:.0f} mm slices", fontsize=8)
+        lesion_note = "" if seen.any() else ", no lesion"
+        ax.set_title(f"{anatomy.name}, {image.voxel_size[2]:.0f} mm slices{lesion_note}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out, dpi=70)

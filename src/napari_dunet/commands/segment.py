@@ -28,10 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="probability threshold (default: the checkpoint's, 0.5)")
     parser.add_argument("--batch-size", type=int, default=16, help="stacks per forward pass")
-    add_dtype_argument(parser, help="compute dtype; auto (default): bf16 autocast on GPUs, "
-                       "mixed on CPUs with bf16 instructions, else fp32; mixed: bf16, with the "
-                       "slices near the threshold run again in fp32 (the fp32 mask); bf16: bf16 "
-                       "only")
+    add_dtype_argument(parser, help="compute dtype; auto (default): bf16 autocast on GPUs; on "
+                       "CPUs mixed or fp32, whichever was measured faster on this machine (-v "
+                       "says which); mixed: bf16, with the slices near the threshold run again "
+                       "in fp32 (the fp32 mask); bf16: bf16 only")
     parser.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="say which dtype 'auto' runs on this machine and why")
