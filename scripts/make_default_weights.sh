@@ -9,7 +9,7 @@
 #      clinical domain on MS patient 26's anatomy with held-out lesions 81-100).
 #
 #   scripts/make_default_weights.sh INIT [WORK]   (WORK defaults to runs/default-weights)
-#   EPOCHS (default 60), EVERY (4), STEPS (60 per epoch), LR (1e-4), SEED (10), THRESHOLD (0.9) and
+#   EPOCHS (default 60), EVERY (4), STEPS (60 per epoch), LR (5e-5), SEED (11), THRESHOLD (0.9) and
 #   DEVICE (auto) can be set; an interrupted run continues with RESUME=1 (same WORK). Needs nilearn (pip install -e
 #   ".[synth]") and ../shared/data.
 set -euo pipefail
@@ -31,8 +31,8 @@ for epochs in $((EPOCHS - 2 * EVERY)) $((EPOCHS - EVERY)) "$EPOCHS"; do
     dunet train --synth mni "$SHARED/ch2.nii.gz" "$SHARED/real/ms_t1/patient19/T1w.nii.gz" \
       --lesions $(printf "$SHARED/lesions/Subject_%03d.nii.gz " $(seq 1 80)) \
       --output "$WORK/dunet.safetensors" --steps-per-epoch "${STEPS:-60}" --epochs "$epochs" \
-      --batch-size 12 --crop-size 96 --lr "${LR:-1e-4}" --dtype bf16 --val-fraction 0 \
-      --patience 0 --lesion-fraction 0.35 --seed "${SEED:-10}" --device "${DEVICE:-auto}" \
+      --batch-size 12 --crop-size 96 --lr "${LR:-5e-5}" --dtype bf16 --val-fraction 0 \
+      --patience 0 --lesion-fraction 0.35 --seed "${SEED:-11}" --device "${DEVICE:-auto}" \
       "${start[@]}"
     cp "$WORK/dunet.safetensors" "$WORK/epoch$epochs.safetensors"
   fi
