@@ -7,7 +7,8 @@ The volume is ATLAS-sized (197x233x189, 1 mm MNI): nilearn's bundled MNI152 2009
 which is exactly that grid (or, without nilearn, a synthetic head of that shape). Rows:
 
 * fast: ``segmentation.segment`` as the CLI and the widget run it (default precision on a CPU:
-  ``mixed`` or fp32, whichever ``cpu_dtype`` measured faster), end to end: read the NIfTI, predict, threshold, write the mask.
+  ``mixed`` or fp32, whichever ``cpu_dtype`` measured faster), end to end: read the NIfTI,
+  predict, threshold, write the mask.
 * fp32, bf16: the same with the other precisions (bf16 where the device runs it natively).
 * naive: the same model, eager fp32, every slice in batches of 16, no other optimisation.
 * floor: FLOPs actually computed / the rate of a plain matrix product on the same device.

@@ -85,12 +85,14 @@ def draws_figure(data: Path, out: Path, n: int = 18) -> None:
         seen = geometry.forward(mask.data.astype(np.float32)) >= 0.5
         network_input = geometry.forward(normalized)
         # a lesion-free draw (``SynthRanges.lesion_free``) shows its fullest head slice
-        shown = seen if seen.any() else network_input > 0
+        has_lesion = bool(seen.any())
+        shown = seen if has_lesion else network_input > 0
         z = int(np.argmax(shown.sum(dim=(1, 2))))
         ax.imshow(network_input[z].numpy(), cmap="gray", origin="lower", vmin=0, vmax=1)
         ax.contour(seen[z].numpy(), [0.5], colors="r", linewidths=0.6)
-        lesion_note = "" if seen.any() else ", no lesion"
-        ax.set_title(f"{anatomy.name}, {image.voxel_size[2]:.0f} mm slices{lesion_note}", fontsize=8)
+        lesion_note = "" if has_lesion else ", no lesion"
+        ax.set_title(f"{anatomy.name}, {image.voxel_size[2]:.0f} mm slices{lesion_note}",
+                     fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out, dpi=70)

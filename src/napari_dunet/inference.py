@@ -10,10 +10,10 @@ is computed once per call; a slice range reads and writes only the slices it nee
 ``SegmentOptions(optimize=False)`` is the plain path (the caller's model, every stack), kept as
 the reference the benchmarks and tests compare with.
 
-Precision ``mixed`` (the CPU default where ``cpu_dtype`` measured bf16 faster than fp32) runs every stack in
-bfloat16 and runs again in float32 each stack whose map has a voxel near the threshold (within
-``MIXED_LOGIT_MARGIN`` of it in logits): the mask is the float32 mask, at about the cost of bf16
-when few slices hold lesion boundaries.
+Precision ``mixed`` (the CPU default where ``cpu_dtype`` measured bf16 faster than fp32) runs
+every stack in bfloat16 and runs again in float32 each stack whose map has a voxel near the
+threshold (within ``MIXED_LOGIT_MARGIN`` of it in logits): the mask is the float32 mask, at
+about the cost of bf16 when few slices hold lesion boundaries.
 """
 
 from __future__ import annotations

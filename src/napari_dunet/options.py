@@ -19,7 +19,8 @@ OPTIMIZERS = ("adam", "sgd")
 TRAIN_LAYERS = ("all", "decoder")  # what training changes: every layer, or the decoder and head
 PRECISIONS = ("auto", "fp32", "bf16", "mixed")
 """Compute dtypes (``--dtype``): ``auto`` bf16 autocast on GPUs; on CPUs ``mixed`` or fp32,
-whichever ``cpu_dtype`` measured faster on this machine; ``mixed`` bf16 with the maps near the threshold run again in fp32."""
+whichever ``cpu_dtype`` measured faster on this machine; ``mixed`` bf16 with the maps near the
+threshold run again in fp32."""
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PREPROCESSING = ("physical", "legacy")
 """Preprocessing schemes (docs/architecture.md): ``physical`` (0.9375 mm pixels, window on the
