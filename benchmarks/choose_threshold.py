@@ -1,12 +1,13 @@
 """Which probability threshold suits a checkpoint? Mean DSC, precision and recall over a folder of
 traced cases at several thresholds, from one fp32 probability map per case.
 
-    python benchmarks/choose_threshold.py --weights FILE --cases DIR [--thresholds 0.3 0.5 0.7]
-        [--json out.json]
+    python benchmarks/choose_threshold.py --weights FILE --cases DIR [DIR ...]
+        [--thresholds 0.3 0.5 0.7] [--json out.json]
 
 Pick the threshold on cases that are not the ones the checkpoint is judged on (e.g. ``dunet
-synth`` cases on another anatomy than the checks'); the best mean DSC is marked. Prints a table,
-and the JSON (``-``: to stdout instead of the table).
+synth`` cases on another anatomy than the checks'), several folders together where users bring
+several kinds of scan (whole heads, brain-extracted); the best mean DSC over all the cases is
+marked. Prints a table, and the JSON (``-``: to stdout instead of the table).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=None,
                         help="checkpoint (default: the bundled default weights)")
-    parser.add_argument("--cases", type=Path, required=True,
-                        help="folder of images with their lesion masks (any layout dunet reads)")
+    parser.add_argument("--cases", type=Path, nargs="+", required=True,
+                        help="folders of images with their lesion masks (any layout dunet reads)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS)
     parser.add_argument("--limit", type=int, default=None, help="at most N cases")
     parser.add_argument("--device", default="auto")
@@ -54,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(not 0 < t < 1 for t in args.thresholds):
         parser.error("thresholds lie strictly between 0 and 1")
-    cases = [c for c in find_cases(args.cases) if c.masks][:args.limit]
+    cases = [c for folder in args.cases for c in find_cases(folder) if c.masks][:args.limit]
     if not cases:
-        parser.error(f"{args.cases}: no image with a lesion mask")
+        parser.error(f"{' '.join(map(str, args.cases))}: no image with a lesion mask")
     weights = args.weights or default_checkpoint()
     model, meta = load_checkpoint(weights)
     options = SegmentOptions(device=args.device, precision="fp32")  # maps exact at every t
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json == "-":
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{len(per_case)} cases from {args.cases}, weights {weights} "
+    print(f"{len(per_case)} cases from {' '.join(map(str, args.cases))}, weights {weights} "
           f"(its threshold {out['checkpoint_threshold']}); CPU {out['cpu']}\n")
     print(f"{'threshold':>9} {'mean DSC':>9} {'precision':>9} {'recall':>9}")
     for row in summary:

@@ -181,7 +181,7 @@ def test_clinical_domain_t2_like_reverses_the_tissue_order(shared_data):
 
 
 def test_choose_threshold_sweeps_one_map_per_case(tmp_path, tiny_model):
-    """Two traced cases: a row per threshold with DSC, precision and recall in [0, 1], recall
+    """Two traced cases in two folders: a row per threshold with DSC, precision and recall in [0, 1], recall
     never rising with the threshold, and the best threshold one of those asked for."""
     import importlib.util
 
@@ -195,10 +195,9 @@ def test_choose_threshold_sweeps_one_map_per_case(tmp_path, tiny_model):
     torch.manual_seed(0)
     weights = save_checkpoint(tmp_path / "tiny.safetensors", build_model(tiny_model),
                               default_metadata(tiny_model))
-    cases = tmp_path / "cases"
     for seed in (0, 1):
         image, mask = make_head(seed=seed)
-        folder = cases / f"sub-{seed}"
+        folder = tmp_path / f"kind{seed}" / f"sub-{seed}"
         folder.mkdir(parents=True)
         nib.save(nib.Nifti1Image(image, np.eye(4)), folder / f"sub-{seed}_T1w.nii.gz")
         nib.save(nib.Nifti1Image(mask, np.eye(4)), folder / f"sub-{seed}_label-L_mask.nii.gz")
@@ -207,7 +206,8 @@ def test_choose_threshold_sweeps_one_map_per_case(tmp_path, tiny_model):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "t.json"
-    assert script.main(["--weights", str(weights), "--cases", str(cases), "--device", "cpu",
+    assert script.main(["--weights", str(weights), "--cases", str(tmp_path / "kind0"),
+                        str(tmp_path / "kind1"), "--device", "cpu",
                         "--thresholds", "0.2", "0.5", "0.8", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["cases"] == 2 and [c["case"] for c in r["per_case"]] == ["sub-0", "sub-1"]
@@ -218,4 +218,5 @@ def test_choose_threshold_sweeps_one_map_per_case(tmp_path, tiny_model):
         assert recalls == sorted(recalls, reverse=True)
         assert all(0 <= row[k] <= 1 for row in case["rows"] for k in ("dsc", "precision"))
     with pytest.raises(SystemExit):
-        script.main(["--weights", str(weights), "--cases", str(cases), "--thresholds", "1.5"])
+        script.main(["--weights", str(weights), "--cases", str(tmp_path / "kind0"),
+                     "--thresholds", "1.5"])
