@@ -177,16 +177,12 @@ def test_gliotic_lesions_are_mostly_rim(ch2_labels, lesion):
     assert cavity < 0.5 < gliotic
 
 
-def test_mottle_pulls_lesion_voxels_part_of_the_way_to_the_spared_tissue_and_leaves_the_rest(
-        ch2_labels, lesion):
+def test_mottle_pulls_lesion_voxels_part_of_the_way_to_the_tissue_and_leaves_the_rest(ch2_labels, lesion):
     labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(0))
     image = np.where(np.isin(labels, [labelsynth.CORE, labelsynth.RIM]), 0.1, 0.6).astype(np.float32)
     before = image.copy()
-    grey = np.isin(ch2_labels.labels, labelsynth.GM)
-    spared = np.where(grey, 0.5, 0.9).astype(np.float32)  # grey and white matter under the lesion
-    labelsynth._mottle(image, labels, spared, 0.5, np.random.default_rng(0))
+    labelsynth._mottle(image, labels, 0.6, 0.5, np.random.default_rng(0))
     assert np.array_equal(image[~lesion], before[~lesion])
-    moved = (image - 0.1) / (spared - 0.1)  # share of the way to the spared tissue
-    assert moved[lesion].min() >= 0 and moved[lesion].max() <= 0.5 + 1e-6  # at most half-way
-    assert moved[lesion].std() > 0.05  # a field, not one level
-    assert image[lesion & ~grey].mean() > image[lesion & grey].mean()  # the anatomy shows through
+    moved = image[lesion] - 0.1
+    assert moved.min() >= 0 and moved.max() <= 0.25 + 1e-6  # at most half-way, still darker
+    assert moved.std() > 0.02  # a field, not one level

@@ -80,7 +80,7 @@ class SynthRanges:
     rim_mm: tuple[float, float] = (1.0, 3.0)  # depth of the gliotic rim inside the mask
     gliotic: float = 0.3  # share of lesions mostly gliosis: their rim reaches gliotic_rim_mm deep
     gliotic_rim_mm: tuple[float, float] = (3.0, 10.0)
-    mottle: tuple[float, float] = (0.0, 0.5)  # largest pull of lesion voxels to the spared tissue
+    mottle: tuple[float, float] = (0.0, 0.5)  # largest pull of lesion voxels towards the tissue
     ex_vacuo_mm: tuple[float, float] = (0.0, 3.0)
     cortical_loss: float = 0.5  # share of draws where cortex next to the lesion becomes CSF
     lesion_free: float = 0.15  # share of draws without the lesion (a whole lesion-free head)
@@ -176,11 +176,11 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
     if painted:  # bias field and noise come with the painting
         image, mask = _painted(anatomy, drawn, rng, ranges)
     else:
-        both = np.stack([with_lesion(anatomy.labels, drawn, rng, ranges), anatomy.labels])
+        labels = with_lesion(anatomy.labels, drawn, rng, ranges)
         if anatomy.has_skull and rng.random() < ranges.strip_skull:
-            both[np.isin(both, HEAD + (OTHER,))] = BACKGROUND
-        labels, spared = _deform(both, rng, ranges)  # spared: the tissue under the lesion
-        image = _paint(labels, spared, rng, ranges)
+            labels[np.isin(labels, HEAD + (OTHER,))] = BACKGROUND
+        labels = _deform(labels, rng, ranges)
+        image = _paint(labels, rng, ranges)
         mask = ((labels == CORE) | (labels == RIM)).astype(np.float32)
     image, mask, spacing = _field_of_view_and_slices(image, mask, rng, ranges)
     if not painted:
@@ -304,24 +304,21 @@ def _visible(core: float, csf: float, tissues: list[float], contrast: float,
     return next((v for v in sides if 0.0 <= v <= 1.2), (lo + hi) / 2)
 
 
-def _paint(labels: np.ndarray, spared: np.ndarray, rng: np.random.Generator,
-           ranges: SynthRanges) -> np.ndarray:
-    """Intensities per label, a lesion mottled towards the ``spared`` labels' intensities (the
-    tissue that was there), texture, and partial-volume blur."""
+def _paint(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -> np.ndarray:
+    """Intensities per label, a mottled lesion, texture, and partial-volume blur."""
     means = label_intensities(rng, ranges).astype(np.float32)
     sds = rng.uniform(*ranges.texture, N_LABELS).astype(np.float32)
     sds[BACKGROUND] = 0.0
     image = means[labels]
-    _mottle(image, labels, means[spared], rng.uniform(*ranges.mottle), rng)
+    _mottle(image, labels, float(means[list(GM + WM)].mean()), rng.uniform(*ranges.mottle), rng)
     image += sds[labels] * rng.standard_normal(labels.shape, dtype=np.float32)
     return ndi.gaussian_filter(image, rng.uniform(*ranges.blur_mm), truncate=2.5)
 
 
-def _mottle(image: np.ndarray, labels: np.ndarray, tissue: np.ndarray, pull: float,
+def _mottle(image: np.ndarray, labels: np.ndarray, tissue: float, pull: float,
             rng: np.random.Generator) -> None:
-    """Pull the lesion's voxels towards ``tissue`` (an image of the tissue that was there) by up
-    to ``pull`` (a smooth random field, 8 mm grain), in place: chronic lesions mix cavity,
-    gliosis and spared tissue, whose grey and white matter can still be told apart."""
+    """Pull the lesion's voxels towards the ``tissue`` level by up to ``pull`` (a smooth random
+    field, 8 mm grain), in place: chronic lesions mix cavity, gliosis and spared tissue."""
     lesion = (labels == CORE) | (labels == RIM)
     if pull <= 0 or not lesion.any():
         return
@@ -332,7 +329,7 @@ def _mottle(image: np.ndarray, labels: np.ndarray, tissue: np.ndarray, pull: flo
     field = F.interpolate(torch.from_numpy(coarse), size=shape, mode="trilinear",
                           align_corners=True)[0, 0].numpy()
     sub, les = image[box], lesion[box]
-    sub[les] += pull * field[les] * (tissue[box][les] - sub[les])
+    sub[les] += pull * field[les] * (tissue - sub[les])
 
 
 def _field_of_view_and_slices(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
