@@ -9,7 +9,7 @@
 #      clinical domain on MS patient 26's anatomy with held-out lesions 81-100).
 #
 #   scripts/make_default_weights.sh INIT [WORK]   (WORK defaults to runs/default-weights)
-#   EPOCHS (default 60), EVERY (4), STEPS (60 per epoch), LR (5e-5), SEED (11), THRESHOLD (0.9) and
+#   EPOCHS (default 60), EVERY (4), STEPS (60 per epoch), LR (5e-5), SEED (11), THRESHOLD (0.8) and
 #   DEVICE (auto) can be set; an interrupted run continues with RESUME=1 (same WORK). Needs nilearn (pip install -e
 #   ".[synth]") and ../shared/data.
 set -euo pipefail
@@ -40,6 +40,6 @@ for epochs in $((EPOCHS - 2 * EVERY)) $((EPOCHS - EVERY)) "$EPOCHS"; do
 done
 
 python scripts/average_checkpoints.py src/napari_dunet/weights/dunet_default.safetensors \
-  "${kept[@]}" --threshold "${THRESHOLD:-0.9}"
+  "${kept[@]}" --threshold "${THRESHOLD:-0.8}"
 
 python benchmarks/real_checks.py --json "$WORK/real_checks.json"
