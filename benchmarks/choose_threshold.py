@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(not 0 < t < 1 for t in args.thresholds):
         parser.error("thresholds lie strictly between 0 and 1")
+    sources = " ".join(map(str, args.cases))
     cases = [c for folder in args.cases for c in find_cases(folder) if c.masks][:args.limit]
     if not cases:
-        parser.error(f"{' '.join(map(str, args.cases))}: no image with a lesion mask")
+        parser.error(f"{sources}: no image with a lesion mask")
     weights = args.weights or default_checkpoint()
     model, meta = load_checkpoint(weights)
     options = SegmentOptions(device=args.device, precision="fp32")  # maps exact at every t
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json == "-":
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{len(per_case)} cases from {' '.join(map(str, args.cases))}, weights {weights} "
+    print(f"{len(per_case)} cases from {sources}, weights {weights} "
           f"(its threshold {out['checkpoint_threshold']}); CPU {out['cpu']}\n")
     print(f"{'threshold':>9} {'mean DSC':>9} {'precision':>9} {'recall':>9}")
     for row in summary:

@@ -181,8 +181,9 @@ def test_clinical_domain_t2_like_reverses_the_tissue_order(shared_data):
 
 
 def test_choose_threshold_sweeps_one_map_per_case(tmp_path, tiny_model):
-    """Two traced cases in two folders: a row per threshold with DSC, precision and recall in [0, 1], recall
-    never rising with the threshold, and the best threshold one of those asked for."""
+    """Two traced cases in two folders: a row per threshold with DSC, precision and recall in
+    [0, 1], recall never rising with the threshold, and the best threshold one of those asked
+    for."""
     import importlib.util
 
     import nibabel as nib
