@@ -6,6 +6,9 @@ Checks (data from ``../shared/data``; each a group of rows, with its target):
 
 * stroke-t2: a real chronic stroke patient's T2 (skull on) against its hand-drawn mask.
 * ms-t1: two real MS patients' T1 (brain-extracted); a stroke model should report < 5 mL.
+* healthy-head: the ch2 T1, a whole head (skull, eyes, neck) without a lesion; < 5 mL. ch2 is a
+  training anatomy, so this is a floor, not a test of generalisation: what it catches is false
+  lesion outside the brain (the orbits) that a user's whole-head scan would show too.
 * clinical: a thick-slice clinical domain, rebuilt from ``--seed``: MS patient 26's T1 as the
   anatomy, held-out LESYMAP lesions 81.. painted with the old appearance model
   (``synth.synthesize_case(appearance=None)``), then 4-6 mm axial slices (Gaussian of FWHM t
@@ -34,8 +37,9 @@ from napari_dunet.segmentation import checkpoint_preprocessing, checkpoint_thres
 from napari_dunet.weights import default_checkpoint
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CHECKS = ("stroke-t2", "ms-t1", "clinical", "old-synthetic")
+CHECKS = ("stroke-t2", "ms-t1", "healthy-head", "clinical", "old-synthetic")
 TARGETS = {"stroke-t2": ("dsc", ">=", 0.4), "ms-t1": ("max_pred_ml", "<", 5.0),
+           "healthy-head": ("max_pred_ml", "<", 5.0),
            "clinical": ("mean_dsc", ">=", 0.5), "old-synthetic": ("mean_dsc", ">=", 0.75)}
 
 
@@ -137,6 +141,10 @@ def run_check(check: str, args: argparse.Namespace, segment: Segmenter) -> list[
             volume = load_volume(args.data / "real" / "ms_t1" / patient / "T1w.nii.gz")
             pred, seconds = segment(volume)
             rows.append(score(patient, pred, None, volume, seconds))
+    elif check == "healthy-head":
+        volume = load_volume(args.data / "ch2.nii.gz")
+        pred, seconds = segment(volume)
+        rows.append(score("ch2", pred, None, volume, seconds))
     elif check == "clinical":
         for name, image, mask, thickness, build in clinical_cases(
                 args.data, args.clinical_cases, args.seed, args.save_dir):
@@ -202,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no bundled default weights; pass --weights FILE")
     available = {"stroke-t2": (args.data / "real" / "stroke_t2").is_dir(),
                  "ms-t1": (args.data / "real" / "ms_t1").is_dir(),
+                 "healthy-head": (args.data / "ch2.nii.gz").is_file(),
                  "clinical": (args.data / "lesions").is_dir(),
                  "old-synthetic": args.heldout is not None and args.heldout.is_dir()}
     checks = args.checks or [c for c in CHECKS if available[c]]

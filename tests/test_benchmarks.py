@@ -128,10 +128,11 @@ def test_model_comparison_runs_the_papers_three_models(tmp_path):
         assert nib.load(mask).shape == (40, 48, 12)
 
 
-@pytest.mark.slow  # ~25 s on a busy 2-core machine: three scans through the network
+@pytest.mark.slow  # ~35 s on a busy 2-core machine: four scans through the network
 def test_real_checks_rows(tmp_path, shared_data, tiny_model):
-    """A tiny random D-UNet on the MS scans and one clinical case, in this process (the tiny
-    model is registered here only): the JSON has a row per case and a verdict per check."""
+    """A tiny random D-UNet on the MS scans, the healthy head and one clinical case, in this
+    process (the tiny model is registered here only): the JSON has a row per case and a
+    verdict per check."""
     import importlib.util
 
     import torch
@@ -146,14 +147,16 @@ def test_real_checks_rows(tmp_path, shared_data, tiny_model):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "checks.json"
-    assert script.main(["--weights", str(weights), "--checks", "ms-t1", "clinical",
-                        "--clinical-cases", "1", "--device", "cpu", "--data", str(shared_data),
-                        "--json", str(out), "--save-dir", str(tmp_path / "clinical")]) == 0
+    assert script.main(["--weights", str(weights), "--checks", "ms-t1", "healthy-head",
+                        "clinical", "--clinical-cases", "1", "--device", "cpu",
+                        "--data", str(shared_data), "--json", str(out),
+                        "--save-dir", str(tmp_path / "clinical")]) == 0
     r = json.loads(out.read_text())
     assert [(row["check"], row["case"]) for row in r["rows"]] == [
-        ("ms-t1", "patient19"), ("ms-t1", "patient26"), ("clinical", "clinical_081")]
-    assert set(r["summary"]) == {"ms-t1", "clinical"}
-    clinical = r["rows"][2]
+        ("ms-t1", "patient19"), ("ms-t1", "patient26"), ("healthy-head", "ch2"),
+        ("clinical", "clinical_081")]
+    assert set(r["summary"]) == {"ms-t1", "healthy-head", "clinical"}
+    clinical = r["rows"][3]
     assert clinical["thickness_mm"] in (4.0, 5.0, 6.0) and clinical["true_ml"] > 0
     for key in ("dsc", "precision", "recall"):
         assert 0 <= clinical[key] <= 1
