@@ -47,15 +47,12 @@ from .synth import (Anatomy, _bias_field, anatomy_from_t1, load_anatomy, resampl
 from .tissue import fill_holes_axially, head_mask
 
 # label values of a label map; HEAD: scalp, fat and muscle; OTHER: the dark rest of a head
-# (bone, air spaces), bright or dark depending on the contrast; EYES: fluid outside the brain
-# (the eyes' vitreous), at the CSF level in every contrast, as fluid is
-BACKGROUND, HEAD, CSF, GM, WM, CORE, RIM, OTHER, EYES = (0, (1, 2), (3, 4), (5, 6, 7), (8, 9),
-                                                          10, 11, 12, 13)
-N_LABELS = 14
+# (bone, air spaces), bright or dark depending on the contrast; the eyes, inside the head's
+# filled outline, fall in the scalp's darker class
+BACKGROUND, HEAD, CSF, GM, WM, CORE, RIM, OTHER = 0, (1, 2), (3, 4), (5, 6, 7), (8, 9), 10, 11, 12
+N_LABELS = 13
 BRAIN = CSF + GM + WM + (CORE, RIM)
-OUTSIDE_BRAIN = HEAD + (OTHER, EYES)  # what a brain-extracted draw drops
 EXTRA_AXIAL_MM = 2.0  # the dark band this deep around the brain of a skull-on scan is CSF
-EYE_RADIUS_MM = 6.0  # fluid outside the brain that holds a ball this wide: the eyes
 TISSUE_LEVELS = {"head": HEAD, "csf": CSF, "gm": GM, "wm": WM}
 
 
@@ -109,9 +106,8 @@ def label_anatomy(anatomy: Anatomy, name: str) -> LabelAnatomy:
     """Labels from an ``synth.Anatomy``: CSF, GM and WM split into intensity sub-classes (so
     that a draw has texture within a tissue, as SynthSeg's many labels give it). A skull-on
     scan also gets its scalp in two classes, the dark band around the brain as CSF (the
-    extra-axial CSF, bright in a T2 scan), the rest inside the head (bone, air spaces) as
-    ``OTHER`` and the eyes as ``EYES``, so that fluid and bone outside the brain are drawn in
-    every contrast too."""
+    extra-axial CSF, bright in a T2 scan) and the rest inside the head (bone, air spaces) as
+    ``OTHER``, so that fluid and bone outside the brain are drawn in every contrast too."""
     data, brain = anatomy.t1.data, anatomy.brain
     csf = brain & (anatomy.csf >= 0.5)
     wm = brain & ~csf & (anatomy.wm >= 0.5)
@@ -124,25 +120,9 @@ def label_anatomy(anatomy: Anatomy, name: str) -> LabelAnatomy:
         band = ndi.distance_transform_edt(~brain, sampling=anatomy.t1.voxel_size) <= EXTRA_AXIAL_MM
         labels[inside & band] = CSF[0]
         labels[inside & ~band] = OTHER
-        labels[_eyes(anatomy, np.isin(labels, HEAD + (OTHER,)))] = EYES
     for mask, values in ((csf, CSF), (gm, GM), (wm, WM)):
         _split(labels, data, mask, values)
     return LabelAnatomy(name, labels, anatomy.t1.affine.copy(), anatomy)
-
-
-def _eyes(anatomy: Anatomy, outside: np.ndarray) -> np.ndarray:
-    """The voxels of ``outside`` (outside the brain) at the intensity of the brain's CSF (its
-    5th to 95th percentile) in blobs that hold a ball of ``EYE_RADIUS_MM``: the eyes' fluid.
-    Thinner fluid and fluid-dark tissue (muscle, marrow, sinus lining) stays as it is."""
-    data = anatomy.t1.data
-    csf = anatomy.brain & (anatomy.csf >= 0.5)
-    if not csf.any():
-        return np.zeros(data.shape, bool)
-    low, high = np.percentile(data[csf], [5, 95])
-    radius = np.ceil(EYE_RADIUS_MM / np.asarray(anatomy.t1.voxel_size, float)).astype(int)
-    grid = np.indices(2 * radius + 1) - radius[:, None, None, None]
-    ball = (((grid / radius[:, None, None, None]) ** 2).sum(0) <= 1)
-    return ndi.binary_opening(outside & (data >= low) & (data <= high), ball)
 
 
 def _split(labels: np.ndarray, data: np.ndarray, mask: np.ndarray, values: tuple[int, ...]) -> None:
@@ -199,7 +179,7 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
     else:
         labels = with_lesion(anatomy.labels, drawn, rng, ranges)
         if anatomy.has_skull and rng.random() < ranges.strip_skull:
-            labels[np.isin(labels, OUTSIDE_BRAIN)] = BACKGROUND
+            labels[np.isin(labels, HEAD + (OTHER,))] = BACKGROUND
         labels = _deform(labels, rng, ranges)
         image = _paint(labels, rng, ranges)
         mask = ((labels == CORE) | (labels == RIM)).astype(np.float32)
@@ -302,7 +282,6 @@ def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRange
     if levels:
         means[list(HEAD)] = rng.uniform(0.1, 1.1, len(HEAD))
     csf = float(means[list(CSF)].mean())
-    means[EYES] = csf + rng.uniform(-0.05, 0.05)
     tissue = float(means[list(GM) + list(WM)].mean())
     if rng.random() < ranges.core_like_csf:
         means[CORE] = csf + rng.uniform(-0.1, 0.1) * abs(tissue - csf)
