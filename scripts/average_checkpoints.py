@@ -2,6 +2,9 @@
 of single epochs) and store the mean, float16, with the threshold to ship.
 
     python scripts/average_checkpoints.py OUT IN [IN ...] [--threshold 0.8]
+
+With one input: a float16 copy that keeps its metadata (its record of averaged epochs too),
+with the threshold set.
 """
 
 from __future__ import annotations

@@ -54,6 +54,11 @@ def test_average_of_epochs_is_the_mean_of_their_weights(tmp_path):
                             default_metadata("dunet"))
     with pytest.raises(CheckpointError, match="for model 'dunet', not 'add-1'"):
         average_checkpoints([other, paths[0]])
+    averaged = save_checkpoint(tmp_path / "mean.safetensors", mean, meta)
+    copy, copy_meta = average_checkpoints([averaged])  # recording a threshold: one input
+    assert copy_meta == meta  # the record of the averaged epochs survives the copy
+    assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(),
+                                                 mean.state_dict().values()))
 
 
 def test_checkpoint_for_another_model(tmp_path):

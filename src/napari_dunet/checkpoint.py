@@ -111,11 +111,14 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None,
 def average_checkpoints(paths: list[str | os.PathLike]) -> tuple[nn.Module, dict[str, Any]]:
     """The mean of several checkpoints of one model (e.g. the last epochs of a run), as
     ``(model, metadata)``: floating tensors averaged, the others (BatchNorm's step counts) and
-    the metadata taken from the last, with the averaged files recorded under ``averaged``.
+    the metadata taken from the last, with the averaged files recorded under ``averaged``. One
+    checkpoint comes back as it is, its metadata untouched (a copy keeps its own record).
     Every checkpoint must be of the same model (``CheckpointError`` otherwise)."""
     if not paths:
         raise CheckpointError("Give at least one checkpoint to average.")
     model, meta = load_checkpoint(paths[-1])
+    if len(paths) == 1:
+        return model, meta
     states = [load_checkpoint(p, meta["model"])[0].state_dict() for p in paths[:-1]]
     states.append(model.state_dict())
     mean = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
