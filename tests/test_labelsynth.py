@@ -177,7 +177,8 @@ def test_gliotic_lesions_are_mostly_rim(ch2_labels, lesion):
     assert cavity < 0.5 < gliotic
 
 
-def test_mottle_pulls_lesion_voxels_part_of_the_way_to_the_tissue_and_leaves_the_rest(ch2_labels, lesion):
+def test_mottle_pulls_lesion_voxels_part_of_the_way_to_the_tissue_and_leaves_the_rest(
+        ch2_labels, lesion):
     labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(0))
     image = np.where(np.isin(labels, [labelsynth.CORE, labelsynth.RIM]), 0.1, 0.6).astype(np.float32)
     before = image.copy()
