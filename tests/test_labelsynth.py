@@ -97,32 +97,6 @@ def test_lesion_free_draws_show_a_whole_healthy_head(ch2_labels, lesion):
     assert 12 <= sum(shares) <= 20  # the default ranges keep a lesion in most draws
 
 
-def test_skull_on_draws_get_fluid_blobs_outside_the_brain_that_are_never_lesion(
-        ch2_labels, lesion, monkeypatch):
-    labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(0))
-    before = labels.copy()
-    labelsynth.with_fluid_blobs(labels, ch2_labels, np.random.default_rng(1))
-    blobs = labels != before
-    assert blobs.sum() > 2_000  # several blobs of 4-12 mm semi-axes
-    assert set(np.unique(labels[blobs])) == {labelsynth.CSF[0]}  # fluid
-    assert np.isin(before[blobs], labelsynth.HEAD + (labelsynth.OTHER,)).all()  # outside the brain
-    assert np.array_equal(labels[lesion], before[lesion])
-    # a skull-on draw gets them; the drawn mask stays the lesion's alone
-    drawn, deform = {}, labelsynth._deform
-
-    def spy(labels, *args):
-        drawn["labels"] = labels.copy()
-        return deform(labels, *args)
-
-    monkeypatch.setattr(labelsynth, "_deform", spy)
-    skull_on = labelsynth.SynthRanges(strip_skull=0.0, painted=0.0, lesion_free=0.0)
-    labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(2), skull_on)
-    outside = ~np.isin(ch2_labels.labels, labelsynth.BRAIN)
-    fluid_drawn = np.isin(drawn["labels"], labelsynth.CSF) & outside
-    fluid_before = np.isin(ch2_labels.labels, labelsynth.CSF) & outside
-    assert fluid_drawn.sum() > fluid_before.sum() + 2_000
-
-
 def test_lesion_core_is_visible_and_near_csf_in_most_draws():
     """Every draw's core stands out from grey and white matter (a mask over a lesion that
     cannot be seen teaches the network to mark lesions where they usually lie); in most draws

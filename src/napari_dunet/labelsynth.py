@@ -8,9 +8,7 @@ the shape of a lesion, not one scanner's look. Every draw (``draw_scan``):
 1. a real lesion shape (optionally mirrored) becomes a cavity core and a gliotic rim in the
    anatomy's label map; nearby CSF spaces widen (ex vacuo) and nearby cortex thins (a share
    of draws leaves the head lesion-free, so that whole healthy heads are seen too);
-2. the skull and scalp labels are kept, or removed (brain-extracted scans); a kept head gets
-   a few fluid-filled blobs outside the brain (eyes, sinuses, cysts: round, fluid-dark in a T1
-   scan, never lesion), so that a round dark spot is not taken for a lesion by its look alone;
+2. the skull and scalp labels are kept, or removed (brain-extracted scans);
 3. random affine (rotation, scaling, shift) and smooth elastic deformation, in one resampling;
 4. an intensity per label: T1-like order in many draws (CSF < GM < WM, lesion core near CSF),
    T2-like order in some (WM < GM < CSF, the order of T2 and proton-density scans), any order
@@ -34,7 +32,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +85,6 @@ class SynthRanges:
     ex_vacuo_mm: tuple[float, float] = (0.0, 3.0)
     cortical_loss: float = 0.5  # share of draws where cortex next to the lesion becomes CSF
     lesion_free: float = 0.15  # share of draws without the lesion (a whole lesion-free head)
-    fluid_blobs: tuple[int, int] = (6, 16)  # fluid blobs outside the brain of a skull-on draw
-    blob_mm: tuple[float, float] = (4.0, 12.0)  # their semi-axes
-    blob_margin_mm: float = 5.0  # their centres at least this far from the brain
 
 
 @dataclass
@@ -106,16 +100,6 @@ class LabelAnatomy:
     @property
     def has_skull(self) -> bool:
         return bool(np.isin(self.labels, HEAD).any())
-
-    @property
-    def voxel_size(self) -> np.ndarray:
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
-
-    @cached_property
-    def brain_distance_mm(self) -> np.ndarray:
-        """Distance of every voxel from the brain, in mm (float32; 0 inside it)."""
-        outside = ~np.isin(self.labels, BRAIN)
-        return ndi.distance_transform_edt(outside, sampling=self.voxel_size).astype(np.float32)
 
 
 def label_anatomy(anatomy: Anatomy, name: str) -> LabelAnatomy:
@@ -196,8 +180,6 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
         labels = with_lesion(anatomy.labels, drawn, rng, ranges)
         if anatomy.has_skull and rng.random() < ranges.strip_skull:
             labels[np.isin(labels, HEAD + (OTHER,))] = BACKGROUND
-        elif anatomy.has_skull:
-            with_fluid_blobs(labels, anatomy, rng, ranges)
         labels = _deform(labels, rng, ranges)
         image = _paint(labels, rng, ranges)
         mask = ((labels == CORE) | (labels == RIM)).astype(np.float32)
@@ -232,25 +214,6 @@ def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator
     sub[les] = np.where(depth_mm[les] <= rng.uniform(*rim_mm), RIM, CORE)
     labels[box] = sub
     return labels
-
-
-def with_fluid_blobs(labels: np.ndarray, anatomy: LabelAnatomy, rng: np.random.Generator,
-                     ranges: SynthRanges = SynthRanges()) -> None:
-    """Turn random ellipsoids of the head outside the brain into CSF-level fluid, in place:
-    centred ``blob_margin_mm`` or more from the brain, clipped to the head (never brain)."""
-    outside = np.isin(labels, HEAD + (OTHER,))
-    centres = np.argwhere(outside & (anatomy.brain_distance_mm >= ranges.blob_margin_mm))
-    if not len(centres):
-        return
-    for _ in range(int(rng.integers(ranges.fluid_blobs[0], ranges.fluid_blobs[1] + 1))):
-        centre = centres[rng.integers(len(centres))]
-        axes = rng.uniform(*ranges.blob_mm, 3) / anatomy.voxel_size  # in voxels
-        box = tuple(slice(max(int(c - a), 0), min(int(c + a) + 1, n))
-                    for c, a, n in zip(centre, axes, labels.shape))
-        grid = np.ogrid[box]
-        inside = sum(((g - c) / a) ** 2 for g, c, a in zip(grid, centre, axes)) <= 1.0
-        sub = labels[box]
-        sub[inside & outside[box]] = CSF[0]
 
 
 def _painted(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generator,
