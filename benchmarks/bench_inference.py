@@ -10,6 +10,8 @@ which is exactly that grid (or, without nilearn, a synthetic head of that shape)
   ``mixed`` or fp32, whichever ``cpu_dtype`` measured faster), end to end: read the NIfTI,
   predict, threshold, write the mask.
 * fp32, bf16: the same with the other precisions (bf16 where the device runs it natively).
+* torch: where the default runtime is OpenVINO (``openvino_network``), the default path run by
+  PyTorch instead (``--runtime torch``), with the precision ``auto`` measured for it.
 * naive: the same model, eager fp32, every slice in batches of 16, no other optimisation.
 * floor: FLOPs actually computed / the rate of a plain matrix product on the same device.
 * peer: MONAI's DynUNet (nnU-Net 3D full-resolution layout) with ``sliding_window_inference``
@@ -27,7 +29,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -41,8 +42,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from napari_dunet.cpu_dtype import cpu_name
 from napari_dunet.fast import cpu_has_native_bf16, prepare_model
-from napari_dunet.inference import resolve_device, resolve_precision
+from napari_dunet.inference import prepare_network, resolve_device, resolve_precision
 from napari_dunet.io import load_volume, save_mask
 from napari_dunet.metrics import confusion, dice
 from napari_dunet.models import build_model
@@ -276,12 +278,17 @@ def run(args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()
     image, source = (nib.load(args.image), str(args.image)) if args.image else atlas_sized_image(args.quick)
     n = image.shape[SliceGeometry.for_volume(image.shape, image.affine).axial_axis]
-    default = resolve_precision(args.precision, device, n, prepare_model(model, device))
+    t = time.perf_counter()  # the one-off preparation (an OpenVINO conversion if not cached)
+    prepared = prepare_network(model, device, args.runtime, n)
+    prepare_seconds = time.perf_counter() - t
+    runtime = getattr(prepared, "runtime", "pytorch")
+    default = resolve_precision(args.precision, device, n, prepared)
     results: dict = {"device": str(device), "torch": torch.__version__, "quick": args.quick,
                      "volume": source, "shape": list(image.shape), "batch_size": args.batch_size,
                      "threads": torch.get_num_threads(), "precision": args.precision,
-                     "precision_resolved": default, "weights": weights, "threshold": threshold,
-                     "cpu": platform.processor() or platform.machine(),
+                     "precision_resolved": default, "runtime": runtime,
+                     "prepare_seconds": prepare_seconds, "weights": weights, "threshold": threshold,
+                     "cpu": cpu_name(),
                      "cpu_native_bf16": cpu_has_native_bf16(), "load_average_before": load_before}
     bf16_native = device.type == "cuda" or cpu_has_native_bf16()
     others = [] if args.quick else [v for v in ("fp32", "bf16") if v != default
@@ -290,17 +297,20 @@ def run(args: argparse.Namespace) -> dict:
         path = Path(tmp) / "t1.nii.gz"
         nib.save(image, path)
         out = Path(tmp) / "mask.nii.gz"
-        fast_opts = dict(batch_size=args.batch_size, precision=args.precision)
+        fast_opts = dict(batch_size=args.batch_size, precision=args.precision,
+                         runtime=args.runtime)
+        variant_opts = {v: dict(fast_opts, precision=v) for v in others}
+        clocks = dict.fromkeys(others, prepared)
+        if runtime != "pytorch" and not args.quick:
+            variant_opts["torch"] = dict(fast_opts, runtime="torch")
+            clocks["torch"] = prepare_model(model, device)
         naive_opts = dict(batch_size=16, precision="fp32", optimize=False)
 
-        # warm-up (oneDNN/cuDNN kernel selection) and the one-off preparation of the copy
+        # warm-up (oneDNN/cuDNN kernel selection, OpenVINO compilation)
         warm = load_volume(path)
-        t = time.perf_counter()
-        prepared = prepare_model(model, device)
-        results["prepare_seconds"] = time.perf_counter() - t
         middle = n // 2
         warm_range = (max(middle - 8, 0), min(middle + 8, n))  # one batch of 16, as timed below
-        for opts in (fast_opts, naive_opts, *(dict(fast_opts, precision=v) for v in others)):
+        for opts in (fast_opts, naive_opts, *variant_opts.values()):
             predict(warm, model, device=device, slice_range=warm_range, **opts)
 
         fast_runs, naive_runs = [], []
@@ -323,9 +333,9 @@ def run(args: argparse.Namespace) -> dict:
             predict(warm, model, device=device, slice_range=(middle, middle + 1), **fast_opts)
             slice_times.append(time.perf_counter() - t)
 
-        variants = {v: segment_file(path, model, out, device, clock_on=prepared,
-                                    threshold=threshold, batch_size=args.batch_size, precision=v)
-                    for v in others}
+        variants = {v: segment_file(path, model, out, device, clock_on=clocks[v],
+                                    threshold=threshold, **opts)
+                    for v, opts in variant_opts.items()}
         per_stack = flops_per_stack(model, device)
         rates = {"fp32": matmul_rate(device, torch.float32, args.quick)}
         if any(r["stacks_by_precision"]["bf16"] for r in (fast, *variants.values())):
@@ -389,14 +399,16 @@ def benchmark_model(weights: Path | None, device: torch.device) -> tuple[nn.Modu
 
 
 # -- output -----------------------------------------------------------------------------------
-VARIANTS = ("fp32", "bf16")  # the fast path in other precisions (keys ``<v>_*``)
+VARIANTS = ("fp32", "bf16", "torch")  # other precisions, the PyTorch runtime (keys ``<v>_*``)
+VARIANT_NAMES = {"fp32": "fp32", "bf16": "bf16", "torch": "PyTorch runtime"}
 
 
 def table(r: dict) -> str:
     g = 1e9
     by = r["stacks_by_precision"]
     lines = [f"napari-dunet inference on {r['device']} ({r['cpu']}, {r['threads']} threads, "
-             f"torch {r['torch']}), volume {'x'.join(map(str, r['shape']))}: {r['volume']}",
+             f"torch {r['torch']}, runtime {r.get('runtime', 'pytorch')}), volume "
+             f"{'x'.join(map(str, r['shape']))}: {r['volume']}",
              f"weights: {r['weights']}, threshold {r['threshold']}; load average before/after: "
              f"{r['load_average_before'][0]:.1f} / {r['load_average_after'][0]:.1f}",
              "",
@@ -409,7 +421,7 @@ def table(r: dict) -> str:
              f"{r['volume_seconds'] / r['naive_seconds']:>10.2f}{r['dsc_vs_naive']:>14.5f}"]
     for v in VARIANTS:
         if f"{v}_volume_seconds" in r:
-            lines.append(f"{'fast ' + v:<34}{r[v + '_volume_seconds']:>13.2f}"
+            lines.append(f"{'fast ' + VARIANT_NAMES[v]:<34}{r[v + '_volume_seconds']:>13.2f}"
                          f"{r[v + '_model_seconds']:>10.2f}{r[v + '_stacks_run']:>8}"
                          f"{r[v + '_volume_seconds'] / r['naive_seconds']:>10.2f}"
                          f"{r[v + '_dsc_vs_naive']:>14.5f}")
@@ -459,7 +471,7 @@ def plot(r: dict, path: Path) -> None:
     rows = [("naive (eager fp32)", r["naive_seconds"], r["naive_model_seconds"]),
             (f"napari-dunet, default ({r['precision_resolved']})", r["volume_seconds"],
              r["model_seconds"])]
-    rows += [(f"napari-dunet, {v}", r[f"{v}_volume_seconds"], r[f"{v}_model_seconds"])
+    rows += [(f"napari-dunet, {VARIANT_NAMES[v]}", r[f"{v}_volume_seconds"], r[f"{v}_model_seconds"])
              for v in VARIANTS if f"{v}_volume_seconds" in r]
     rows.append(("floor of the default (FLOPs / matmul)", r["floor_seconds"], r["floor_seconds"]))
     if "peer_seconds" in r:
@@ -496,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "mixed"),
                         help="fast path precision (default auto: mixed on CPUs with bf16 "
                              "instructions, else fp32; bf16 autocast on GPUs)")
+    parser.add_argument("--runtime", default="auto", choices=("auto", "torch", "openvino"),
+                        help="fast path runtime (default auto: OpenVINO on a CPU where it is "
+                             "installed, else PyTorch)")
     parser.add_argument("--weights", type=Path,
                         help="checkpoint to time (default: the bundled default weights)")
     parser.add_argument("--image", type=Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -45,6 +46,18 @@ def small_nifti(tmp_path) -> tuple[Path, Path]:
     nib.save(img, img_path)
     nib.save(nib.Nifti1Image(mask, affine, img.header), mask_path)
     return img_path, mask_path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def user_cache(tmp_path_factory):
+    """The suite's own cache folder (dtype measurements, converted networks), not the user's."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
 
 
 @pytest.fixture(autouse=True)

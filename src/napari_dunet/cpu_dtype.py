@@ -4,16 +4,16 @@ A CPU that reports bf16 instructions does not always run bf16 convolutions faste
 (oneDNN's kernels differ between CPU generations). The first whole-volume run on a machine
 times the network on a few stacks in fp32 and in bf16 (about a second) and keeps the answer in
 the user's cache folder (``$XDG_CACHE_HOME/napari-dunet/cpu-dtype.json``), keyed by the CPU,
-its thread count and the torch version, so a new CPU or torch measures again. ``mixed`` (bf16,
-with the maps near the threshold run again in fp32: the fp32 mask) is chosen only when bf16 is
-clearly faster; otherwise ``fp32``. A CPU without bf16 instructions emulates bf16, slower: it
+its thread count, the torch version and the runtime (PyTorch or OpenVINO, which have kernels of
+their own), so a new CPU, torch or runtime measures again. ``mixed`` (bf16, with the maps near
+the threshold run again in fp32: the fp32 mask) is chosen only when bf16 is clearly faster;
+otherwise ``fp32``. A CPU without bf16 instructions emulates bf16, slower: it
 runs fp32 without measuring.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -30,8 +30,9 @@ MEASURE_STACKS = 4  # stacks per timed pass (192 x 192, the network's input)
 
 
 def cache_file() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "napari-dunet" / "cpu-dtype.json"
+    from .io import user_cache_dir
+
+    return user_cache_dir() / "cpu-dtype.json"
 
 
 def cpu_name() -> str:
@@ -45,25 +46,29 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_key() -> str:
-    """What the measurement depends on: CPU model, threads, torch version."""
-    return f"{cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+def machine_key(model: nn.Module) -> str:
+    """What the measurement depends on: CPU model, threads, torch version and the runtime that
+    runs ``model`` (``openvino_network.OpenVinoNetwork.runtime``, else PyTorch)."""
+    runtime = getattr(model, "runtime", "pytorch")
+    return (f"{cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__} | "
+            f"{runtime}")
 
 
 def measured_dtype(model: nn.Module, input_size: int = 192) -> dict:
     """``{"dtype": "fp32" | "mixed", "fp32_seconds", "bf16_seconds", "key", "measured"}`` for
     ``model`` (an inference-ready copy) on this machine: from the cache, or measured now."""
-    key = machine_key()
+    key = machine_key(model)
     if not cpu_has_native_bf16():
         return {"dtype": "fp32", "key": key, "measured": False,
                 "reason": "no bf16 instructions (bf16 would be emulated)"}
-    cached = _read_cache()
-    if cached.get("key") == key:
-        return cached
+    known = _read_cache()
+    if isinstance(known.get(key), dict):
+        return known[key]
     fp32, bf16 = time_dtypes(model, input_size)
     choice = {"dtype": "mixed" if bf16 <= BF16_MARGIN * fp32 else "fp32", "key": key,
               "measured": True, "fp32_seconds": round(fp32, 4), "bf16_seconds": round(bf16, 4)}
-    _write_cache(choice)
+    known[key] = choice
+    _write_cache(known)
     return choice
 
 
@@ -86,17 +91,19 @@ def time_dtypes(model: nn.Module, input_size: int = 192) -> tuple[float, float]:
 
 
 def _read_cache() -> dict:
+    """``{machine key: choice}``; a file of an older layout or unreadable: empty."""
     try:
-        return json.loads(cache_file().read_text())
+        known = json.loads(cache_file().read_text())
     except (OSError, ValueError):
         return {}
+    return known if isinstance(known, dict) and "key" not in known else {}
 
 
-def _write_cache(choice: dict) -> None:
+def _write_cache(known: dict) -> None:
     from .io import atomic_write
 
     try:
-        atomic_write(cache_file(), lambda tmp: tmp.write_text(json.dumps(choice, indent=2)),
+        atomic_write(cache_file(), lambda tmp: tmp.write_text(json.dumps(known, indent=2)),
                      overwrite=True)
     except Exception:  # noqa: BLE001 - a read-only home only costs a measurement next time
         pass

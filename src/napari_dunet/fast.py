@@ -26,7 +26,9 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
+# per model, per runtime: (fingerprint, prepared copy)
+_cache: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, nn.Module]]] = \
+    weakref.WeakKeyDictionary()
 _cache_lock = threading.Lock()
 
 
@@ -95,6 +97,17 @@ def _autocast_enabled(device_type: str) -> bool:
                 else torch.is_autocast_enabled())
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device_type``; None when autocast is off."""
+    if not _autocast_enabled(device_type):
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # torch < 2.4
+        return (torch.get_autocast_cpu_dtype() if device_type == "cpu"
+                else torch.get_autocast_gpu_dtype())
+
+
 def use_inference_convolutions(model: nn.Module) -> int:
     """Give zero-padded 2D/3D convolutions the ``_InferenceConv`` forward, in place, and keep
     the model's output layer (a convolution named ``head``) in fp32: rounding its weights to
@@ -113,30 +126,37 @@ def use_inference_convolutions(model: nn.Module) -> int:
     return swapped
 
 
-def prepare_model(model: nn.Module, device: torch.device | str) -> nn.Module:
+def prepare_model(model: nn.Module, device: torch.device | str, runtime: str = "torch"
+                  ) -> nn.Module:
     """An eval-mode copy of ``model`` on ``device``: BatchNorm folded, channels-last weights,
-    ``use_inference_convolutions``; the same copy is returned until the model's weights or
+    ``use_inference_convolutions``; with ``runtime="openvino"`` (CPU) the folded copy converted
+    by ``openvino_network.convert``. The same copy is returned until the model's weights or
     buffers change."""
     device = torch.device(device)
-    key = _fingerprint(model, device)
+    key = _fingerprint(model, device, runtime)
     with _cache_lock:
-        hit = _cache.get(model) if key is not None else None
+        hit = _cache.get(model, {}).get(runtime) if key is not None else None
         if hit is not None and hit[0] == key:
             return hit[1]
     with torch.no_grad():
         prepared = copy.deepcopy(model).eval()
         fold_batchnorm(prepared)
-        prepared = to_channels_last(prepared.to(device))
-        use_inference_convolutions(prepared)
+        if runtime == "openvino":
+            from .openvino_network import convert
+
+            prepared = convert(prepared.cpu())
+        else:
+            prepared = to_channels_last(prepared.to(device))
+            use_inference_convolutions(prepared)
     for p in prepared.parameters():
         p.requires_grad_(False)
     if key is not None:
         with _cache_lock:
-            _cache[model] = (key, prepared)
+            _cache.setdefault(model, {})[runtime] = (key, prepared)
     return prepared
 
 
-def _fingerprint(model: nn.Module, device: torch.device) -> tuple | None:
+def _fingerprint(model: nn.Module, device: torch.device, runtime: str) -> tuple | None:
     """Identity and version of every weight and buffer; None when they cannot be tracked
     (tensors made under ``torch.inference_mode`` have no version counter)."""
     try:
@@ -144,7 +164,7 @@ def _fingerprint(model: nn.Module, device: torch.device) -> tuple | None:
                       for t in (*model.parameters(), *model.buffers()))
     except RuntimeError:
         return None
-    return (str(device), state)
+    return (str(device), runtime, state)
 
 
 @lru_cache(maxsize=1)

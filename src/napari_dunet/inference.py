@@ -14,6 +14,10 @@ Precision ``mixed`` (the CPU default where ``cpu_dtype`` measured bf16 faster th
 every stack in bfloat16 and runs again in float32 each stack whose map has a voxel near the
 threshold (within ``MIXED_LOGIT_MARGIN`` of it in logits): the mask is the float32 mask, at
 about the cost of bf16 when few slices hold lesion boundaries.
+
+Runtime: on a CPU, whole volumes run in OpenVINO where it is installed (``openvino_network``,
+the ``openvino`` extra; several times faster than PyTorch there), else in PyTorch; both go
+through the same batching and precision logic.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import math
 import queue
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Callable, Literal, TypeVar, get_args
 
@@ -45,9 +50,6 @@ MIXED_LOGIT_MARGIN = 0.5
 """``mixed``: how close (in logits) a bf16 voxel may come to the threshold before its stack is
 recomputed in fp32; the largest bf16 error measured within one logit of the threshold with the
 bundled weights was 0.27 (docs/performance.md)."""
-MIXED_SWITCH = 0.4
-"""``mixed``: after a batch with more than this fraction of its stacks near the threshold, the
-next batch runs straight in fp32 (bf16 plus the reruns would cost more), and the other way."""
 MIXED_MIN_STACKS = 16  # fewer stacks (the current slice) run in fp32: a rerun would cost more
 T = TypeVar("T")
 R = TypeVar("R")
@@ -108,6 +110,44 @@ def resolve_precision(precision: Precision, device: torch.device, n_stacks: int,
     return measured_dtype(model)["dtype"]
 
 
+def resolve_runtime(runtime: str, device: torch.device, n_stacks: int) -> str:
+    """``torch`` or ``openvino`` for a run of ``n_stacks`` on ``device``: ``auto`` takes OpenVINO
+    on a CPU where it is installed, for runs of at least ``MIXED_MIN_STACKS`` stacks (its
+    first conversion of a model takes seconds, more than a few stacks gain)."""
+    if problem := names.check_choice("runtime", runtime, names.RUNTIMES):
+        raise InputError(problem.capitalize() + ".")
+    from . import openvino_network
+
+    runtime = runtime.lower()
+    if runtime == "openvino":
+        if device.type != "cpu":
+            raise InputError(f"the OpenVINO runtime runs on the CPU only, not {device}; use "
+                             f"--device cpu or --runtime torch.")
+        if not openvino_network.available():
+            raise DunetError("OpenVINO is not installed: pip install 'napari-dunet[openvino]', "
+                             "or use --runtime torch.")
+        return "openvino"
+    if (runtime == "auto" and device.type == "cpu" and n_stacks >= MIXED_MIN_STACKS
+            and openvino_network.available()):
+        return "openvino"
+    return "torch"
+
+
+def prepare_network(model: nn.Module, device: torch.device, runtime: str = "auto",
+                    n_stacks: int = MIXED_MIN_STACKS) -> nn.Module:
+    """``fast.prepare_model`` in the runtime ``resolve_runtime`` picks; a model that OpenVINO
+    cannot convert runs in PyTorch when the runtime was ``auto`` (with a warning)."""
+    chosen = resolve_runtime(runtime, device, n_stacks)
+    if chosen == "openvino" and runtime.lower() == "auto":
+        try:
+            return prepare_model(model, device, "openvino")
+        except Exception as exc:  # noqa: BLE001 - any conversion failure: PyTorch still runs it
+            warnings.warn(f"OpenVINO could not convert the network ({exc}); running it in "
+                          f"PyTorch.", RuntimeWarning, stacklevel=2)
+            return prepare_model(model, device)
+    return prepare_model(model, device, chosen)
+
+
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise InputError(names.check_choice("precision", precision, PRECISIONS).capitalize() + ".")
@@ -126,7 +166,7 @@ def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
     out = torch.empty(stacks.shape[0], *stacks.shape[2:], dtype=torch.float32)
     if device.type == "cuda" and len(stacks):
         stacks = stacks.pin_memory()  # lets the copies to the GPU run asynchronously
-    done, run_as = 0, precision
+    done = 0
     with torch.inference_mode():
         while done < len(stacks):
             if cancel is not None and cancel():
@@ -135,7 +175,7 @@ def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             try:
-                probs = _forward(model, batch, device, run_as, threshold)
+                probs = _forward(model, batch, device, precision, threshold)
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -144,9 +184,6 @@ def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
                 continue
             out[done:done + len(batch)] = probs[:, 0].float().cpu()
             done += len(batch)
-            if precision == "mixed":  # lesions span neighbouring slices: so will the next batch
-                busy = near_threshold(probs, threshold).float().mean() > MIXED_SWITCH
-                run_as = "fp32" if busy else "mixed"
             if progress is not None:
                 progress(done, len(stacks))
     return out
@@ -216,7 +253,7 @@ def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = S
     stacks = make_stacks(read_geometry.forward(normalized[read_index]),
                          range((start - first) * f, (stop - first) * f))
     del normalized
-    ready = prepare_model(model, device)
+    ready = prepare_network(model, device, options.runtime, len(stacks))
     precision = resolve_precision(precision, device, len(stacks), ready)
     probs = _predict_nonempty(ready, stacks, device, batch_size, progress, cancel,
                               dict(precision=precision, threshold=threshold))

@@ -146,6 +146,12 @@ def as_3d(data: np.ndarray, source: object = "volume", check_finite: bool = True
 PARTIAL = ".partial-"
 
 
+def user_cache_dir() -> Path:
+    """napari-dunet's folder in the user's cache (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "napari-dunet"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None],
                  overwrite: bool = False) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.

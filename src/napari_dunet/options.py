@@ -22,6 +22,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "mixed")
 whichever ``cpu_dtype`` measured faster on this machine; ``mixed`` bf16 with the maps near the
 threshold run again in fp32."""
 DEVICES = ("auto", "cpu", "cuda", "mps")
+RUNTIMES = ("auto", "torch", "openvino")
+"""What runs the network (``--runtime``): ``auto`` OpenVINO on a CPU where it is installed
+(the ``openvino`` extra) for whole volumes, else PyTorch; ``torch``; ``openvino`` (CPU only)."""
 PREPROCESSING = ("physical", "legacy")
 """Preprocessing schemes (docs/architecture.md): ``physical`` (0.9375 mm pixels, window on the
 head; checkpoints record it) and ``legacy`` (checkpoints written before schemes existed)."""
@@ -49,7 +52,8 @@ class SegmentOptions:
     stop)``: only those axial slices (RAS+ order, inferior to superior). ``optimize``: run the
     inference-ready model and skip empty stacks (``inference``); False is the plain reference.
     ``precision``: one of ``PRECISIONS`` (the command line's ``--dtype``). ``preprocessing``:
-    one of ``PREPROCESSING``; None: the checkpoint's.
+    one of ``PREPROCESSING``; None: the checkpoint's. ``runtime``: one of ``RUNTIMES``
+    (the optimised path only; the plain path is always PyTorch).
     """
 
     device: str = "auto"
@@ -59,10 +63,12 @@ class SegmentOptions:
     slice_range: tuple[int, int] | None = None
     optimize: bool = True
     preprocessing: str | None = None
+    runtime: str = "auto"
 
     def check(self) -> None:
         """Raise ``InputError`` for values segmentation cannot run with."""
         problems = [p for p in (check_choice("precision", self.precision, PRECISIONS),
+                                check_choice("runtime", self.runtime, RUNTIMES),
                                 check_choice("preprocessing", self.preprocessing or
                                              DEFAULT_PREPROCESSING, PREPROCESSING)) if p]
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:

@@ -32,9 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "CPUs mixed or fp32, whichever was measured faster on this machine (-v "
                        "says which); mixed: bf16, with the slices near the threshold run again "
                        "in fp32 (the fp32 mask); bf16: bf16 only")
+    parser.add_argument("--runtime", choices=("auto", "torch", "openvino"), default="auto",
+                        help="what runs the network: auto (default): OpenVINO on a CPU where it "
+                             "is installed (the openvino extra), else PyTorch")
     parser.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="say which dtype 'auto' runs on this machine and why")
+                        help="say which runtime and dtype run on this machine and why")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress on stderr (a bar on a terminal, else a line per case)")
     parser.add_argument("--shard", metavar="K/N", type=parse_shard,
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if device == "auto" and shards > 1 and "LOCAL_RANK" in os.environ:
         device = local_gpu(int(os.environ["LOCAL_RANK"]))
     options = SegmentOptions(device=device, batch_size=args.batch_size,
-                             precision=args.precision, threshold=args.threshold)
+                             precision=args.precision, threshold=args.threshold,
+                             runtime=args.runtime)
     options.check()
     check_output_folder(args.output)
     cases = [case for item in args.inputs for case in find_cases(item)]
@@ -105,22 +109,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def dtype_choice(model: nn.Module, options: SegmentOptions) -> str:
-    """One line: the dtype a whole volume runs in on this device, and why."""
+    """One line: the runtime and dtype a whole volume runs in on this device, and why."""
     from ..cpu_dtype import cache_file, measured_dtype
-    from ..fast import prepare_model
-    from ..inference import resolve_device
+    from ..inference import prepare_network, resolve_device
 
     device = resolve_device(options.device)
+    network = prepare_network(model, device, options.runtime)
+    runtime = getattr(network, "runtime", "pytorch")
     if options.precision != "auto":
-        return f"dtype {options.precision} (--dtype) on {device}"
+        return f"{runtime}, dtype {options.precision} (--dtype) on {device}"
     if device.type != "cpu":
-        return f"dtype auto on {device}: bf16/fp16 autocast"
-    choice = measured_dtype(prepare_model(model, device))
+        return f"{runtime}, dtype auto on {device}: bf16/fp16 autocast"
+    choice = measured_dtype(network)
     if not choice["measured"]:
-        return f"dtype auto on this CPU: {choice['dtype']} ({choice['reason']})"
-    return (f"dtype auto on this CPU ({choice['key']}): {choice['dtype']}; one pass over 4 "
-            f"stacks took {choice['fp32_seconds']:.3f} s in fp32 and {choice['bf16_seconds']:.3f} "
-            f"s in bf16 (measured once, kept in {cache_file()})")
+        return f"{runtime}, dtype auto on this CPU: {choice['dtype']} ({choice['reason']})"
+    return (f"{runtime}, dtype auto on this CPU ({choice['key']}): {choice['dtype']}; one pass "
+            f"over 4 stacks took {choice['fp32_seconds']:.3f} s in fp32 and "
+            f"{choice['bf16_seconds']:.3f} s in bf16 (measured once, kept in {cache_file()})")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
