@@ -18,8 +18,8 @@ which is exactly that grid (or, without nilearn, a synthetic head of that shape)
   (128^3 windows, 0.5 overlap, Gaussian blending, no test-time mirroring), random weights.
 
 Weights: the bundled default D-UNet (the ``mixed`` default reruns in fp32 the slices whose map
-comes near the threshold, so its time depends on what the network sees); masks are compared at
-the checkpoint's threshold. ``--image`` times another scan, e.g. one with a lesion.
+comes near a threshold, so its time depends on what the network sees); masks are compared at
+the checkpoint's thresholds (its threshold and seed threshold). ``--image`` times another scan, e.g. one with a lesion.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from napari_dunet.metrics import confusion, dice
 from napari_dunet.models import build_model
 from napari_dunet.options import SegmentOptions
 from napari_dunet.preprocessing import INPUT_SIZE, SliceGeometry
-from napari_dunet.segmentation import segment, threshold_mask
+from napari_dunet.segmentation import (checkpoint_seed_threshold, checkpoint_threshold, segment,
+                                       threshold_mask)
 
 ATLAS_SHAPE = (197, 233, 189)
 MNI_TEMPLATE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -128,16 +129,17 @@ class ModelClock:
 
 
 def segment_file(path: Path, model: nn.Module, out: Path, device: torch.device, *, clock_on,
-                 threshold: float, **options) -> dict:
+                 threshold: float, seed_threshold: float | None, **options) -> dict:
     """Read -> predict -> threshold -> write, timed per stage (what ``dunet segment`` does)."""
     clock = ModelClock(clock_on, device)
     try:
         t0 = time.perf_counter()
         volume = load_volume(path)
         t1 = time.perf_counter()
-        prob = predict(volume, model, device=device, threshold=threshold, **options)
+        prob = predict(volume, model, device=device, threshold=threshold,
+                       seed_threshold=seed_threshold, **options)
         t2 = time.perf_counter()
-        save_mask(threshold_mask(prob, threshold), volume, out, overwrite=True)
+        save_mask(threshold_mask(prob, threshold, seed_threshold), volume, out, overwrite=True)
         t3 = time.perf_counter()
     finally:
         clock.close()
@@ -188,8 +190,11 @@ def peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB else
 
 
-def agreement(reference: np.ndarray, other: np.ndarray, threshold: float) -> float:
-    return dice(confusion(reference >= threshold, other >= threshold))
+def agreement(reference: np.ndarray, other: np.ndarray, threshold: float,
+              seed_threshold: float | None) -> float:
+    """DSC of the two masks ``dunet segment`` would write from these maps."""
+    return dice(confusion(threshold_mask(reference, threshold, seed_threshold),
+                          threshold_mask(other, threshold, seed_threshold)))
 
 
 # -- the peer ---------------------------------------------------------------------------------
@@ -249,7 +254,8 @@ def run_cohort(path: Path, model: nn.Module, folder: Path, device: torch.device,
 
     def segment(volume, i: int):
         prob = predict(volume, model, device=device, **options)
-        return threshold_mask(prob, options["threshold"]), volume, folder / f"mask_{i}.nii.gz"
+        mask = threshold_mask(prob, options["threshold"], options["seed_threshold"])
+        return mask, volume, folder / f"mask_{i}.nii.gz"
 
     paths = [path] * n
     t0 = time.perf_counter()
@@ -274,7 +280,7 @@ def run_cohort(path: Path, model: nn.Module, folder: Path, device: torch.device,
 # -- the run ----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    model, threshold, weights = benchmark_model(args.weights, device)
+    model, (threshold, seed), weights = benchmark_model(args.weights, device)
     load_before = os.getloadavg()
     image, source = (nib.load(args.image), str(args.image)) if args.image else atlas_sized_image(args.quick)
     n = image.shape[SliceGeometry.for_volume(image.shape, image.affine).axial_axis]
@@ -288,6 +294,7 @@ def run(args: argparse.Namespace) -> dict:
                      "threads": torch.get_num_threads(), "precision": args.precision,
                      "precision_resolved": default, "runtime": runtime,
                      "prepare_seconds": prepare_seconds, "weights": weights, "threshold": threshold,
+                     "seed_threshold": seed,
                      "cpu": cpu_name(),
                      "cpu_native_bf16": cpu_has_native_bf16(), "load_average_before": load_before}
     bf16_native = device.type == "cuda" or cpu_has_native_bf16()
@@ -316,13 +323,15 @@ def run(args: argparse.Namespace) -> dict:
         fast_runs, naive_runs = [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
             fast_runs.append(segment_file(path, model, out, device, clock_on=prepared,
-                                          threshold=threshold, **fast_opts))
+                                          threshold=threshold, seed_threshold=seed,
+                                          **fast_opts))
             if not naive_runs:
                 results["peak_memory_mb"] = peak_rss_mb()
                 if device.type == "cuda":
                     results["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
             naive_runs.append(segment_file(path, model, out, device, clock_on=model,
-                                           threshold=threshold, **naive_opts))
+                                           threshold=threshold, seed_threshold=seed,
+                                           **naive_opts))
         fast = min(fast_runs, key=lambda r: r["seconds"])
         naive = min(naive_runs, key=lambda r: r["seconds"])
 
@@ -334,7 +343,7 @@ def run(args: argparse.Namespace) -> dict:
             slice_times.append(time.perf_counter() - t)
 
         variants = {v: segment_file(path, model, out, device, clock_on=clocks[v],
-                                    threshold=threshold, **opts)
+                                    threshold=threshold, seed_threshold=seed, **opts)
                     for v, opts in variant_opts.items()}
         per_stack = flops_per_stack(model, device)
         rates = {"fp32": matmul_rate(device, torch.float32, args.quick)}
@@ -342,7 +351,8 @@ def run(args: argparse.Namespace) -> dict:
             rates["bf16"] = matmul_rate(device, torch.bfloat16, args.quick)
         peer = None if args.skip_peer else run_peer(path, out, device, args.quick)
         cohort = (run_cohort(path, model, Path(tmp), device, args.cohort,
-                             dict(fast_opts, threshold=threshold)) if args.cohort else {})
+                             dict(fast_opts, threshold=threshold, seed_threshold=seed))
+                  if args.cohort else {})
 
     best = {dtype: max(r.values()) for dtype, r in rates.items()}
 
@@ -362,7 +372,7 @@ def run(args: argparse.Namespace) -> dict:
         flops_actually_computed=per_stack * fast["stacks"],
         matmul_flops_per_second=best["fp32"], matmul_rates=rates["fp32"],
         floor_seconds=floor(fast),
-        dsc_vs_naive=agreement(naive["prob"], fast["prob"], threshold),
+        dsc_vs_naive=agreement(naive["prob"], fast["prob"], threshold, seed),
         max_abs_diff_vs_naive=float(np.abs(naive["prob"] - fast["prob"]).max()),
         slice_seconds=statistics.median(slice_times), slice_runs=slice_times,
         load_average_after=os.getloadavg())
@@ -374,7 +384,7 @@ def run(args: argparse.Namespace) -> dict:
         results.update({
             f"{v}_volume_seconds": r["seconds"], f"{v}_model_seconds": r["model"],
             f"{v}_speedup": naive["seconds"] / r["seconds"], f"{v}_stacks_run": r["stacks"],
-            f"{v}_dsc_vs_naive": agreement(naive["prob"], r["prob"], threshold),
+            f"{v}_dsc_vs_naive": agreement(naive["prob"], r["prob"], threshold, seed),
             f"{v}_max_abs_diff_vs_naive": float(np.abs(naive["prob"] - r["prob"]).max()),
             f"{v}_floor_seconds": floor(r), f"{v}_floor_ratio": r["model"] / floor(r)})
     if peer:
@@ -384,18 +394,19 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
-def benchmark_model(weights: Path | None, device: torch.device) -> tuple[nn.Module, float, str]:
+def benchmark_model(weights: Path | None, device: torch.device
+                    ) -> tuple[nn.Module, tuple[float, float | None], str]:
     """The network timed: ``weights``, else the bundled default weights, else a seeded random
-    D-UNet; with its threshold and where it came from."""
+    D-UNet; with its threshold and seed threshold and where it came from."""
     from napari_dunet.checkpoint import load_checkpoint
     from napari_dunet.weights import default_checkpoint
 
     path = weights or default_checkpoint()
     if path is None:
         torch.manual_seed(0)
-        return build_model("dunet").to(device).eval(), 0.5, "random (seed 0)"
+        return build_model("dunet").to(device).eval(), (0.5, None), "random (seed 0)"
     model, meta = load_checkpoint(path, device=device)
-    return model.eval(), float(meta.get("threshold", 0.5)), str(path)
+    return model.eval(), (checkpoint_threshold(meta), checkpoint_seed_threshold(meta)), str(path)
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -409,7 +420,8 @@ def table(r: dict) -> str:
     lines = [f"napari-dunet inference on {r['device']} ({r['cpu']}, {r['threads']} threads, "
              f"torch {r['torch']}, runtime {r.get('runtime', 'pytorch')}), volume "
              f"{'x'.join(map(str, r['shape']))}: {r['volume']}",
-             f"weights: {r['weights']}, threshold {r['threshold']}; load average before/after: "
+             f"weights: {r['weights']}, threshold {r['threshold']}, seed threshold "
+             f"{r['seed_threshold']}; load average before/after: "
              f"{r['load_average_before'][0]:.1f} / {r['load_average_after'][0]:.1f}",
              "",
              f"{'path':<34}{'end to end s':>13}{'model s':>10}{'stacks':>8}{'vs naive':>10}"
@@ -441,7 +453,7 @@ def table(r: dict) -> str:
         f"fast: read {r['read_seconds']:.2f} s, predict {r['predict_seconds']:.2f} s, "
         f"write {r['write_seconds']:.2f} s; preparing the model once {r['prepare_seconds']:.2f} s",
         f"fast: stacks run in fp32 {by['fp32']}, in bf16 {by['bf16']}; agreement with naive: "
-        f"DSC {r['dsc_vs_naive']:.5f} at threshold {r['threshold']}, "
+        f"DSC {r['dsc_vs_naive']:.5f} at the checkpoint's thresholds, "
         f"max |dp| {r['max_abs_diff_vs_naive']:.1e}",
         f"FLOPs: {r['flops_per_stack'] / g:.1f} G per stack, {r['flops_per_volume'] / g:.0f} G per "
         f"volume, {r['flops_actually_computed'] / g:.0f} G computed",

@@ -212,15 +212,21 @@ def test_choose_threshold_sweeps_one_map_per_case(tmp_path, tiny_model):
     out = tmp_path / "t.json"
     assert script.main(["--weights", str(weights), "--cases", str(tmp_path / "kind0"),
                         str(tmp_path / "kind1"), "--device", "cpu",
-                        "--thresholds", "0.2", "0.5", "0.8", "--json", str(out)]) == 0
+                        "--thresholds", "0.2", "0.5", "0.8", "--seed-thresholds", "0", "0.6",
+                        "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["cases"] == 2 and [c["case"] for c in r["per_case"]] == ["sub-0", "sub-1"]
-    assert [row["threshold"] for row in r["summary"]] == [0.2, 0.5, 0.8]
-    assert r["best_threshold"] in (0.2, 0.5, 0.8)
+    # each threshold alone, then paired with each seed above it
+    assert [(row["threshold"], row["seed_threshold"]) for row in r["summary"]] == [
+        (0.2, 0.0), (0.5, 0.0), (0.8, 0.0), (0.2, 0.6), (0.5, 0.6)]
+    best = max(r["summary"], key=lambda row: row["dsc"])
+    assert (r["best_threshold"], r["best_seed_threshold"]) == (best["threshold"],
+                                                               best["seed_threshold"])
     for case in r["per_case"]:
         recalls = [row["recall"] for row in case["rows"]]
-        assert recalls == sorted(recalls, reverse=True)
+        assert recalls[:3] == sorted(recalls[:3], reverse=True)
+        assert all(a >= b for a, b in zip(recalls[:2], recalls[3:]))  # a seed only removes
         assert all(0 <= row[k] <= 1 for row in case["rows"] for k in ("dsc", "precision"))
-    with pytest.raises(SystemExit):
-        script.main(["--weights", str(weights), "--cases", str(tmp_path / "kind0"),
-                     "--thresholds", "1.5"])
+    for bad in (["--thresholds", "1.5"], ["--seed-thresholds", "1"]):
+        with pytest.raises(SystemExit):
+            script.main(["--weights", str(weights), "--cases", str(tmp_path / "kind0"), *bad])

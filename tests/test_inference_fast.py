@@ -195,8 +195,13 @@ def test_mixed_reruns_stacks_near_the_threshold_in_fp32():
     assert not torch.equal(probs[0], fp32[0])  # the others came from bf16: close, not equal
     torch.testing.assert_close(probs, fp32, atol=2e-3, rtol=0)
     model.seen.clear()  # the check follows the threshold it is given
-    predict_slices(model, stacks[8:], torch.device("cpu"), 4, precision="mixed", threshold=0.3)
+    predict_slices(model, stacks[8:], torch.device("cpu"), 4, precision="mixed",
+                   thresholds=(0.3,))
     assert model.seen == [("bf16", 4), ("fp32", 1)]
+    model.seen.clear()  # and a seed threshold's too: stack 9 (0.95) is near a seed of 0.96
+    predict_slices(model, stacks[8:], torch.device("cpu"), 4, precision="mixed",
+                   thresholds=(0.3, 0.96))
+    assert model.seen == [("bf16", 4), ("fp32", 2)]
 
 
 def test_auto_precision_is_chosen_by_measurement_and_remembered(monkeypatch, tmp_path):

@@ -334,11 +334,23 @@ def test_threshold_starts_at_the_checkpoint_recommendation(make_napari_viewer, q
                                metadata={"model": "dunet", "threshold": 0.3})
     run_and_wait(qtbot, widget)
     assert widget._threshold.value == pytest.approx(0.3)
+    assert widget._seed_threshold.value == 0.0  # a checkpoint without a seed: off
     assert np.array_equal(labels_layers(viewer)[0].data, widget._last.probability >= 0.3)
     widget._threshold.value = 0.6  # the user's choice then stays for later runs
     run_and_wait(qtbot, widget)
     assert widget._threshold.value == pytest.approx(0.6)
     assert asked == [pytest.approx(0.3), pytest.approx(0.6)]
+    # a checkpoint recommending a seed threshold sets both sliders, and the mask follows them
+    model_store.set_checkpoint(tmp_path / "seeded.safetensors", model=fast_model, metadata={
+        "model": "dunet", "threshold": 0.3, "seed_threshold": 0.9})
+    run_and_wait(qtbot, widget)
+    probability, labels = widget._last.probability, labels_layers(viewer)[0]
+    assert (widget._threshold.value, widget._seed_threshold.value) == pytest.approx((0.3, 0.9))
+    assert np.array_equal(labels.data, segmentation.threshold_mask(probability, 0.3, 0.9))
+    with monkeypatch.context() as patch:  # re-applied to the kept probabilities
+        forbid_network(patch)
+        widget._seed_threshold.value = 0.0
+    assert np.array_equal(labels.data, probability >= 0.3)
 
 
 def test_probability_map_is_shown_on_the_same_grid(make_napari_viewer, qtbot, fast_model, notes,

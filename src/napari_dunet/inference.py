@@ -11,8 +11,9 @@ is computed once per call; a slice range reads and writes only the slices it nee
 the reference the benchmarks and tests compare with.
 
 Precision ``mixed`` (the CPU default where ``cpu_dtype`` measured bf16 faster than fp32) runs
-every stack in bfloat16 and runs again in float32 each stack whose map has a voxel near the
-threshold (within ``MIXED_LOGIT_MARGIN`` of it in logits): the mask is the float32 mask, at
+every stack in bfloat16 and runs again in float32 each stack whose map has a voxel near a
+threshold (the mask's or its seed's, within ``MIXED_LOGIT_MARGIN`` in logits): the mask is the
+float32 mask, at
 about the cost of bf16 when few slices hold lesion boundaries.
 
 Runtime: on a CPU, whole volumes run in OpenVINO where it is installed (``openvino_network``,
@@ -156,12 +157,13 @@ def check_precision(precision: str) -> None:
 def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
                    batch_size: int = 16, progress: ProgressCallback | None = None,
                    cancel: CancelCallback | None = None, *, precision: Precision = "auto",
-                   channels_last: bool = False, threshold: float = 0.5) -> torch.Tensor:
+                   channels_last: bool = False, thresholds: tuple[float, ...] = (0.5,)
+                   ) -> torch.Tensor:
     """Run ``model`` over ``(N, 4, H, W)`` stacks in batches; returns ``(N, H, W)`` float32 on CPU.
 
     On a CUDA out-of-memory error the batch is halved and retried, down to one stack.
     ``channels_last`` feeds the batches as NHWC (for a model from ``fast.prepare_model``);
-    ``threshold`` is where ``precision="mixed"`` checks the bf16 maps.
+    ``thresholds`` are where ``precision="mixed"`` checks the bf16 maps.
     """
     out = torch.empty(stacks.shape[0], *stacks.shape[2:], dtype=torch.float32)
     if device.type == "cuda" and len(stacks):
@@ -175,7 +177,7 @@ def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             try:
-                probs = _forward(model, batch, device, precision, threshold)
+                probs = _forward(model, batch, device, precision, thresholds)
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -190,14 +192,14 @@ def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
 
 
 def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, precision: Precision,
-             threshold: float) -> torch.Tensor:
-    """One pass; under ``mixed`` the stacks with a voxel near ``threshold`` run again in fp32."""
+             thresholds: tuple[float, ...]) -> torch.Tensor:
+    """One pass; under ``mixed`` the stacks with a voxel near a threshold run again in fp32."""
     if precision != "mixed":
         with precision_context(device, precision):
             return model(batch)
     with precision_context(device, "bf16"):
         probs = model(batch).float()
-    unsure = near_threshold(probs, threshold)
+    unsure = near_threshold(probs, thresholds)
     if unsure.any():
         layout = (torch.channels_last if batch.is_contiguous(memory_format=torch.channels_last)
                   else torch.contiguous_format)
@@ -205,12 +207,15 @@ def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, precis
     return probs
 
 
-def near_threshold(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+def near_threshold(probs: torch.Tensor, thresholds: tuple[float, ...]) -> torch.Tensor:
     """Per map of ``(N, ...)`` probabilities: has it a voxel within ``MIXED_LOGIT_MARGIN`` (in
-    logits) of ``threshold``?"""
-    centre, margin = math.log(threshold / (1.0 - threshold)), MIXED_LOGIT_MARGIN
-    low, high = (1.0 / (1.0 + math.exp(-x)) for x in (centre - margin, centre + margin))
-    return ((probs > low) & (probs < high)).flatten(1).any(dim=1)
+    logits) of one of ``thresholds``?"""
+    near = torch.zeros(len(probs), dtype=torch.bool, device=probs.device)
+    for threshold in thresholds:
+        centre, margin = math.log(threshold / (1.0 - threshold)), MIXED_LOGIT_MARGIN
+        low, high = (1.0 / (1.0 + math.exp(-x)) for x in (centre - margin, centre + margin))
+        near |= ((probs > low) & (probs < high)).flatten(1).any(dim=1)
+    return near
 
 
 def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = SegmentOptions(),
@@ -222,14 +227,16 @@ def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = S
     order, inferior to superior, see ``SliceGeometry.axial_index``); other slices get
     probability 0. ``options.optimize`` (default) runs the inference-ready copy and skips empty
     stacks (module docstring); ``options.precision``: ``resolve_precision`` (``mixed`` keeps the
-    fp32 mask at ``options.threshold``, 0.5 when None), then ``precision_context``; the plain
+    fp32 mask at ``options.threshold``, 0.5 when None, and at ``options.seed_threshold``), then
+    ``precision_context``; the plain
     path takes ``auto`` as it is; ``options.preprocessing``: the scheme the model was trained
     with (None: the default). Segmenting a case: ``segmentation.segment``.
     """
     options.check()
     device = resolve_device(options.device)
     batch_size, precision = options.batch_size, options.precision
-    threshold = 0.5 if options.threshold is None else options.threshold
+    thresholds = ((0.5 if options.threshold is None else options.threshold),
+                  *([options.seed_threshold] if options.seed_threshold else []))
     geometry, normalized = preprocess(volume.data, volume.affine,
                                       scheme=options.preprocessing or DEFAULT_SCHEME)
     n, f = geometry.n_slices, geometry.z_factor
@@ -241,7 +248,7 @@ def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = S
         model = model.to(device).eval()
         probs = predict_slices(model, make_stacks(slices, range(start * f, stop * f)), device,
                                batch_size, progress, cancel, precision=precision,
-                               threshold=threshold)
+                               thresholds=thresholds)
         maps = torch.zeros_like(slices)
         maps[start * f:stop * f] = probs
         return geometry.inverse(maps)
@@ -256,7 +263,7 @@ def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = S
     ready = prepare_network(model, device, options.runtime, len(stacks))
     precision = resolve_precision(precision, device, len(stacks), ready)
     probs = _predict_nonempty(ready, stacks, device, batch_size, progress, cancel,
-                              dict(precision=precision, threshold=threshold))
+                              dict(precision=precision, thresholds=thresholds))
     if (start, stop) == (0, n):
         return geometry.inverse(probs)
     out_geometry, out_index = geometry.slab(start, stop)

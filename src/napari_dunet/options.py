@@ -48,7 +48,8 @@ def check_choice(kind: str, value: str, names: tuple[str, ...]) -> str | None:
 class SegmentOptions:
     """How to segment (``segmentation.segment``, ``inference.predict_volume``).
 
-    ``threshold`` None: the checkpoint's recommended threshold. ``slice_range`` ``(start,
+    ``threshold`` None: the checkpoint's recommended threshold; ``seed_threshold`` None: the
+    checkpoint's (``segmentation.threshold_mask``; at or below the threshold, 0 too: plain). ``slice_range`` ``(start,
     stop)``: only those axial slices (RAS+ order, inferior to superior). ``optimize``: run the
     inference-ready model and skip empty stacks (``inference``); False is the plain reference.
     ``precision``: one of ``PRECISIONS`` (the command line's ``--dtype``). ``preprocessing``:
@@ -60,6 +61,7 @@ class SegmentOptions:
     batch_size: int = 16
     precision: str = "auto"
     threshold: float | None = None
+    seed_threshold: float | None = None
     slice_range: tuple[int, int] | None = None
     optimize: bool = True
     preprocessing: str | None = None
@@ -73,6 +75,9 @@ class SegmentOptions:
                                              DEFAULT_PREPROCESSING, PREPROCESSING)) if p]
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             problems.append(f"the threshold must be between 0 and 1, got {self.threshold}")
+        if self.seed_threshold is not None and not 0.0 <= self.seed_threshold < 1.0:
+            problems.append("the seed threshold must be at least 0 and below 1, got "
+                            f"{self.seed_threshold}")
         if self.batch_size < 1:
             problems.append(f"the batch size must be at least 1, got {self.batch_size}")
         if problems:

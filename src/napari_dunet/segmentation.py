@@ -1,7 +1,7 @@
 """Segmenting a case, the one path that ``dunet segment``, ``dunet demo``, the "Segment lesion"
 panel and the benchmarks share: predict, threshold, and (``write_outputs``) save aligned files.
 
-``segment`` takes the checkpoint's threshold unless the options give one, runs the whole volume
+``segment`` takes the checkpoint's thresholds unless the options give them, runs the whole volume
 or a slice range with progress and cancel, and runs on the CPU, with a note, when the GPU runs
 out of memory even one stack at a time. Nothing here knows about Qt.
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 from torch import nn
 
 from . import inference
@@ -32,18 +33,28 @@ from .preprocessing import DEFAULT_SCHEME
 class SegmentationResult:
     volume: Volume
     probability: np.ndarray  # float32, the volume's native grid
-    mask: np.ndarray  # uint8, probability >= threshold
+    mask: np.ndarray  # uint8, ``threshold_mask(probability, threshold, seed_threshold)``
     threshold: float  # the one used: the options', else the checkpoint's
     lesion_ml: float
     slice_range: tuple[int, int] | None = None
+    seed_threshold: float | None = None  # the one used (None: plain thresholding)
     notes: list[str] = field(default_factory=list)  # for the user (e.g. the CPU fallback)
     mask_path: Path | None = None
     prob_path: Path | None = None
 
 
-def threshold_mask(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Binary uint8 mask: voxels with probability >= threshold."""
-    return (probability >= threshold).astype(np.uint8)
+def threshold_mask(probability: np.ndarray, threshold: float = 0.5,
+                   seed_threshold: float | None = None) -> np.ndarray:
+    """Binary uint8 mask: voxels with probability >= ``threshold``; with a ``seed_threshold``
+    above it (hysteresis), only the regions of such voxels (6-connected in 3D) that hold a seed,
+    a voxel with probability >= ``seed_threshold``: a confident lesion keeps its less certain
+    rim, and a region with no confident voxel is dropped."""
+    mask = probability >= threshold
+    if seed_threshold is None or seed_threshold <= threshold:
+        return mask.astype(np.uint8)
+    regions, n = ndi.label(mask)
+    peaks = ndi.maximum(probability, regions, np.arange(1, n + 1))
+    return np.concatenate([[False], peaks >= seed_threshold]).astype(np.uint8)[regions]
 
 
 def lesion_volume_ml(mask: np.ndarray, volume: Volume) -> float:
@@ -53,6 +64,12 @@ def lesion_volume_ml(mask: np.ndarray, volume: Volume) -> float:
 def checkpoint_threshold(metadata: Mapping[str, Any]) -> float:
     """The threshold a checkpoint recommends (0.5 when its metadata has none)."""
     return float(metadata.get("threshold", 0.5))
+
+
+def checkpoint_seed_threshold(metadata: Mapping[str, Any]) -> float | None:
+    """The seed threshold a checkpoint recommends (``threshold_mask``; None: plain)."""
+    seed = metadata.get("seed_threshold")
+    return None if seed is None else float(seed)
 
 
 def checkpoint_preprocessing(metadata: Mapping[str, Any] | None) -> str:
@@ -92,10 +109,13 @@ def _segment(volume: Volume, model: nn.Module, metadata: Mapping[str, Any] | Non
         progress = in_scan_slices(progress, volume, options.slice_range)
     threshold = (checkpoint_threshold(metadata or {}) if options.threshold is None
                  else options.threshold)
+    seed = (checkpoint_seed_threshold(metadata or {}) if options.seed_threshold is None
+            else options.seed_threshold)
+    seed = seed if seed is not None and seed > threshold else None
     device = inference.resolve_device(options.device)
     scheme = options.preprocessing or checkpoint_preprocessing(metadata)
     run = dataclasses.replace(options, device=str(device), threshold=threshold,
-                              preprocessing=scheme)
+                              seed_threshold=seed, preprocessing=scheme)
     notes = []
     while True:
         try:
@@ -113,9 +133,9 @@ def _segment(volume: Volume, model: nn.Module, metadata: Mapping[str, Any] | Non
             notes.append(f"The {device.type.upper()} device ran out of memory, so this run used "
                          "the CPU instead (slower).")
             run = dataclasses.replace(run, device="cpu")
-    mask = threshold_mask(probability, threshold)
+    mask = threshold_mask(probability, threshold, seed)
     return SegmentationResult(volume, probability, mask, threshold,
-                              lesion_volume_ml(mask, volume), options.slice_range, notes)
+                              lesion_volume_ml(mask, volume), options.slice_range, seed, notes)
 
 
 def in_scan_slices(progress: ProgressCallback, volume: Volume,

@@ -2,8 +2,9 @@
 
 The network runs in a napari thread worker (the viewer stays responsive) with a progress bar
 and Cancel. The result is a Labels layer on exactly the image's voxel grid, ready to paint; its
-probabilities are kept so that moving the threshold re-thresholds without running the network
-again. A mask the user has edited is never overwritten: a new run then makes a new layer.
+probabilities are kept so that moving the threshold (or the seed threshold, "Seed")
+re-thresholds without running the network again. A mask the user has edited is never
+overwritten: a new run then makes a new layer.
 torch is imported only in the worker, when a run starts.
 """
 
@@ -43,7 +44,7 @@ class SegmentJob:
     """What a run needs, collected in the GUI thread (no napari objects)."""
 
     volume: Volume
-    options: SegmentOptions  # threshold None: the checkpoint's (a new checkpoint)
+    options: SegmentOptions  # thresholds None: the checkpoint's (a new checkpoint)
     point: tuple[int, ...] | None = None  # voxel of the current position: segment its axial slice
     sliced_axes: tuple[int, ...] = ()  # array axes the viewer is slicing along (2D view)
 
@@ -91,6 +92,7 @@ class _Result:
     volume: Volume
     probability: np.ndarray
     threshold: float
+    seed_threshold: float
     slice_range: tuple[int, int] | None
 
     @property
@@ -101,7 +103,7 @@ class _Result:
     def mask(self) -> np.ndarray:
         from ..segmentation import threshold_mask
 
-        return threshold_mask(self.probability, self.threshold)
+        return threshold_mask(self.probability, self.threshold, self.seed_threshold)
 
     def edited(self) -> bool:
         """True when the labels differ from what the network gave (the user painted on them)."""
@@ -128,6 +130,11 @@ class SegmentWidget(Panel):
         self._threshold = FloatSlider(label="Threshold", min=0.01, max=0.99, step=0.01, value=0.5,
                                       tracking=False,
                                       tooltip="Probability above which a voxel is lesion")
+        self._seed_threshold = FloatSlider(
+            label="Seed", min=0.0, max=0.99, step=0.01, value=0.0, tracking=False,
+            tooltip="Seed threshold: keep only lesions with a voxel at least this probable, so "
+                    "a confident lesion keeps its less certain rim and regions with no "
+                    "confident voxel go (at or below Threshold: off)")
         self._show_probability = CheckBox(text="Show probability map", value=False)
         self._radiological = CheckBox(text="Radiological view", value=False, tooltip=(
             "Axial slices with the patient's right on the left of the screen (radiological "
@@ -140,7 +147,7 @@ class SegmentWidget(Panel):
         self._save = PushButton(text="Save mask...", tooltip="Write the lesion layer as NIfTI, "
                                 "aligned with the scan it was drawn on")
         self.extend([self._image, self._weights, self._bundled, self._device, self._scope,
-                     self._threshold, self._show_probability, self._radiological, self._run,
+                     self._threshold, self._seed_threshold, self._show_probability, self._radiological, self._run,
                      self._cancel, self._progress, self._summary, self._save])
         self.fit()
 
@@ -149,11 +156,12 @@ class SegmentWidget(Panel):
         self._running: tuple[Any, SegmentJob] | None = None  # (image layer, job) of the run
         self._runner = JobRunner(self, self._set_running)
         self._axial_view_set = False
-        self._threshold_from: Path | None = None  # checkpoint whose threshold the slider took
+        self._threshold_from: Path | None = None  # checkpoint whose thresholds the sliders took
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self._threshold.changed.connect(self._rethreshold)
+        self._seed_threshold.changed.connect(self._rethreshold)
         self._weights.changed.connect(self._weights_chosen)
         self._bundled.changed.connect(lambda: model_store.set_checkpoint(None))
         self._save.changed.connect(self._save_clicked)
@@ -220,11 +228,12 @@ class SegmentWidget(Panel):
             point = tuple(int(round(float(v))) for v in position[-3:])
             if self._viewer.dims.ndisplay == 2:
                 sliced = tuple(self._viewer.dims.not_displayed)
-        # the threshold the result will be shown at (a new checkpoint brings its own)
-        threshold = (float(self._threshold.value)
-                     if model_store.current_checkpoint() == self._threshold_from else None)
-        return SegmentJob(volume, SegmentOptions(device=self._device.value, threshold=threshold),
-                          point, sliced)
+        # the thresholds the result will be shown at (a new checkpoint brings its own)
+        ours = model_store.current_checkpoint() == self._threshold_from
+        options = SegmentOptions(device=self._device.value,
+                                 threshold=float(self._threshold.value) if ours else None,
+                                 seed_threshold=float(self._seed_threshold.value) if ours else None)
+        return SegmentJob(volume, options, point, sliced)
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -271,12 +280,14 @@ class SegmentWidget(Panel):
         if image not in self._viewer.layers:
             show_info(f"'{image.name}' was closed during the run; the result was discarded.")
             return
-        if checkpoint != self._threshold_from:  # a new checkpoint: its own threshold
+        if checkpoint != self._threshold_from:  # a new checkpoint: its own thresholds
             self._threshold_from = checkpoint
-            with self._threshold.changed.blocked():
+            with self._threshold.changed.blocked(), self._seed_threshold.changed.blocked():
                 self._threshold.value = segmented.threshold
+                self._seed_threshold.value = segmented.seed_threshold or 0.0
         result = _Result(image, None, job.volume, segmented.probability,
-                         float(self._threshold.value), segmented.slice_range)
+                         float(self._threshold.value), float(self._seed_threshold.value),
+                         segmented.slice_range)
         result.labels = self._labels_for(result)
         self._last = self._results[(image, result.preview)] = result
         if self._show_probability.value or self._probability_layer(image) is not None:
@@ -326,7 +337,7 @@ class SegmentWidget(Panel):
             metadata={**image.metadata, ROLE: "probability", "source_layer": image.name},
             **same_grid_kwargs(image))
 
-    def _rethreshold(self, value: float) -> None:
+    def _rethreshold(self, _value: float) -> None:
         last = self._last
         if last is None or last.labels not in self._viewer.layers:
             return
@@ -334,7 +345,8 @@ class SegmentWidget(Panel):
             show_info(f"'{last.labels.name}' was edited by hand, so the new threshold was not "
                       "applied to it; it will apply to the next run (in a new layer).")
             return
-        last.threshold = float(value)
+        last.threshold = float(self._threshold.value)
+        last.seed_threshold = float(self._seed_threshold.value)
         last.labels.data = last.mask()
         self._report()
 

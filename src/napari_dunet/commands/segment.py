@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--threshold", type=float, default=None,
                         help="probability threshold (default: the checkpoint's, 0.5)")
+    parser.add_argument("--seed-threshold", type=float, default=None, metavar="P",
+                        help="keep only lesions with a voxel of probability >= P (hysteresis: "
+                             "a confident lesion keeps its less certain rim, regions with no "
+                             "confident voxel go; default: the checkpoint's; at or below "
+                             "--threshold, 0 too: every voxel >= --threshold)")
     parser.add_argument("--batch-size", type=int, default=16, help="stacks per forward pass")
     add_dtype_argument(parser, help="compute dtype; auto (default): bf16 autocast on GPUs; on "
                        "CPUs mixed or fp32, whichever was measured faster on this machine (-v "
@@ -65,12 +70,16 @@ def run(args: argparse.Namespace) -> int:
         raise DunetError("no weights given and no default weights are bundled; pass --weights FILE.")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold must be between 0 and 1, got {args.threshold}.")
+    if args.seed_threshold is not None and not 0.0 <= args.seed_threshold < 1.0:
+        raise InputError("--seed-threshold must be at least 0 and below 1, got "
+                         f"{args.seed_threshold}.")
     shard, shards = args.shard or torchrun_shard()
     device = args.device
     if device == "auto" and shards > 1 and "LOCAL_RANK" in os.environ:
         device = local_gpu(int(os.environ["LOCAL_RANK"]))
     options = SegmentOptions(device=device, batch_size=args.batch_size,
                              precision=args.precision, threshold=args.threshold,
+                             seed_threshold=args.seed_threshold,
                              runtime=args.runtime)
     options.check()
     check_output_folder(args.output)
