@@ -33,7 +33,8 @@ from napari_dunet.checkpoint import load_checkpoint
 from napari_dunet.cpu_dtype import cpu_name
 from napari_dunet.io import Volume, find_cases, load_mask, load_volume, save_mask, save_volume
 from napari_dunet.options import SegmentOptions
-from napari_dunet.segmentation import checkpoint_preprocessing, checkpoint_threshold, segment
+from napari_dunet.segmentation import (checkpoint_preprocessing, checkpoint_seed_threshold,
+                                       checkpoint_threshold, segment)
 from napari_dunet.weights import default_checkpoint
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -174,7 +175,7 @@ def table(r: dict) -> str:
     fields = ("dsc", "precision", "recall", "pred_ml", "true_ml", "thickness_mm", "build_seconds",
               "seconds")
     lines = [f"napari-dunet real-scan checks, weights {r['weights']} (threshold {r['threshold']}, "
-             f"scheme {r['scheme']}); device {r['device']}, CPU {r['cpu']}; seed {r['seed']}", "",
+             f"seed threshold {r['seed_threshold']}, scheme {r['scheme']}); device {r['device']}, CPU {r['cpu']}; seed {r['seed']}", "",
              f"{'check':<15}{'case':<16}" + "".join(f"{f:>14}" for f in fields)]
     for row in r["rows"]:
         cells = "".join(f"{row[f]:>14.3f}" if f in row else f"{'-':>14}" for f in fields)
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     segment = Segmenter(args.weights, args.device)
     rows = [row for check in checks for row in run_check(check, args, segment)]
     results = {"weights": str(args.weights), "threshold": checkpoint_threshold(segment.meta),
+               "seed_threshold": checkpoint_seed_threshold(segment.meta),
                "scheme": checkpoint_preprocessing(segment.meta), "device": args.device,
                "cpu": cpu_name(),
                "seed": args.seed, "checks": checks,

@@ -4,14 +4,15 @@
 #      label maps (MNI152 2009a, ch2, MS patient 19's T1) with LESYMAP lesion shapes 1-80
 #      (docs/synthesis.md), starting from INIT (the previous default weights);
 #   2. store the mean of the weights after epochs EPOCHS-2*EVERY, EPOCHS-EVERY and EPOCHS (single
-#      epochs swing) in half precision, with threshold THRESHOLD, as the package's default checkpoint;
+#      epochs swing) in half precision, with THRESHOLD and SEED_THRESHOLD (choose both first on the
+#      validation cases: benchmarks/choose_threshold.py), as the package's default checkpoint;
 #   3. score it with benchmarks/real_checks.py (real stroke T2, real MS T1 scans, a thick-slice
 #      clinical domain on MS patient 26's anatomy with held-out lesions 81-100).
 #
 #   scripts/make_default_weights.sh INIT [WORK]   (WORK defaults to runs/default-weights)
-#   EPOCHS (default 60), EVERY (4), STEPS (60 per epoch), LR (5e-5), SEED (11), THRESHOLD (0.8) and
-#   DEVICE (auto) can be set; an interrupted run continues with RESUME=1 (same WORK). Needs nilearn (pip install -e
-#   ".[synth]") and ../shared/data.
+#   EPOCHS (default 60), EVERY (4), STEPS (60 per epoch), LR (5e-5), SEED (11), THRESHOLD (0.7),
+#   SEED_THRESHOLD (0.99) and DEVICE (auto) can be set; an interrupted run continues with RESUME=1
+#   (same WORK). Needs nilearn (pip install -e ".[synth]") and ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,6 @@ for epochs in $((EPOCHS - 2 * EVERY)) $((EPOCHS - EVERY)) "$EPOCHS"; do
 done
 
 python scripts/average_checkpoints.py src/napari_dunet/weights/dunet_default.safetensors \
-  "${kept[@]}" --threshold "${THRESHOLD:-0.8}"
+  "${kept[@]}" --threshold "${THRESHOLD:-0.7}" --seed-threshold "${SEED_THRESHOLD:-0.99}"
 
 python benchmarks/real_checks.py --json "$WORK/real_checks.json"
