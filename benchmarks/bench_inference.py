@@ -19,7 +19,8 @@ which is exactly that grid (or, without nilearn, a synthetic head of that shape)
 
 Weights: the bundled default D-UNet (the ``mixed`` default reruns in fp32 the slices whose map
 comes near a threshold, so its time depends on what the network sees); masks are compared at
-the checkpoint's thresholds (its threshold and seed threshold). ``--image`` times another scan, e.g. one with a lesion.
+the checkpoint's thresholds (its threshold and seed threshold). ``--image`` times another scan,
+e.g. one with a lesion.
 """
 
 from __future__ import annotations

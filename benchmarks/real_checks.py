@@ -175,7 +175,8 @@ def table(r: dict) -> str:
     fields = ("dsc", "precision", "recall", "pred_ml", "true_ml", "thickness_mm", "build_seconds",
               "seconds")
     lines = [f"napari-dunet real-scan checks, weights {r['weights']} (threshold {r['threshold']}, "
-             f"seed threshold {r['seed_threshold']}, scheme {r['scheme']}); device {r['device']}, CPU {r['cpu']}; seed {r['seed']}", "",
+             f"seed threshold {r['seed_threshold']}, scheme {r['scheme']}); device {r['device']}, "
+             f"CPU {r['cpu']}; seed {r['seed']}", "",
              f"{'check':<15}{'case':<16}" + "".join(f"{f:>14}" for f in fields)]
     for row in r["rows"]:
         cells = "".join(f"{row[f]:>14.3f}" if f in row else f"{'-':>14}" for f in fields)

@@ -13,8 +13,7 @@ the reference the benchmarks and tests compare with.
 Precision ``mixed`` (the CPU default where ``cpu_dtype`` measured bf16 faster than fp32) runs
 every stack in bfloat16 and runs again in float32 each stack whose map has a voxel near a
 threshold (the mask's or its seed's, within ``MIXED_LOGIT_MARGIN`` in logits): the mask is the
-float32 mask, at
-about the cost of bf16 when few slices hold lesion boundaries.
+float32 mask, at about the cost of bf16 when few slices hold lesion boundaries.
 
 Runtime: on a CPU, whole volumes run in OpenVINO where it is installed (``openvino_network``,
 the ``openvino`` extra; several times faster than PyTorch there), else in PyTorch; both go
@@ -228,8 +227,7 @@ def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = S
     probability 0. ``options.optimize`` (default) runs the inference-ready copy and skips empty
     stacks (module docstring); ``options.precision``: ``resolve_precision`` (``mixed`` keeps the
     fp32 mask at ``options.threshold``, 0.5 when None, and at ``options.seed_threshold``), then
-    ``precision_context``; the plain
-    path takes ``auto`` as it is; ``options.preprocessing``: the scheme the model was trained
+    ``precision_context``; the plain path takes ``auto`` as it is; ``options.preprocessing``: the scheme the model was trained
     with (None: the default). Segmenting a case: ``segmentation.segment``.
     """
     options.check()

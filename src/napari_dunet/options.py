@@ -49,8 +49,8 @@ class SegmentOptions:
     """How to segment (``segmentation.segment``, ``inference.predict_volume``).
 
     ``threshold`` None: the checkpoint's recommended threshold; ``seed_threshold`` None: the
-    checkpoint's (``segmentation.threshold_mask``; at or below the threshold, 0 too: plain). ``slice_range`` ``(start,
-    stop)``: only those axial slices (RAS+ order, inferior to superior). ``optimize``: run the
+    checkpoint's (``segmentation.threshold_mask``; at or below the threshold, 0 too: plain).
+    ``slice_range`` ``(start, stop)``: only those axial slices (RAS+ order, inferior to superior). ``optimize``: run the
     inference-ready model and skip empty stacks (``inference``); False is the plain reference.
     ``precision``: one of ``PRECISIONS`` (the command line's ``--dtype``). ``preprocessing``:
     one of ``PREPROCESSING``; None: the checkpoint's. ``runtime``: one of ``RUNTIMES``

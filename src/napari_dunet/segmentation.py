@@ -53,8 +53,9 @@ def threshold_mask(probability: np.ndarray, threshold: float = 0.5,
     if seed_threshold is None or seed_threshold <= threshold:
         return mask.astype(np.uint8)
     regions, n = ndi.label(mask)
-    peaks = ndi.maximum(probability, regions, np.arange(1, n + 1))
-    return np.concatenate([[False], peaks >= seed_threshold]).astype(np.uint8)[regions]
+    seeded = np.zeros(n + 1, np.uint8)  # per region; the seeds lie in regions (seed > threshold)
+    seeded[regions[probability >= seed_threshold]] = 1
+    return seeded[regions]
 
 
 def lesion_volume_ml(mask: np.ndarray, volume: Volume) -> float:

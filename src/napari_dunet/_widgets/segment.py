@@ -147,8 +147,8 @@ class SegmentWidget(Panel):
         self._save = PushButton(text="Save mask...", tooltip="Write the lesion layer as NIfTI, "
                                 "aligned with the scan it was drawn on")
         self.extend([self._image, self._weights, self._bundled, self._device, self._scope,
-                     self._threshold, self._seed_threshold, self._show_probability, self._radiological, self._run,
-                     self._cancel, self._progress, self._summary, self._save])
+                     self._threshold, self._seed_threshold, self._show_probability,
+                     self._radiological, self._run, self._cancel, self._progress, self._summary, self._save])
         self.fit()
 
         self._last: _Result | None = None  # the latest run, which the threshold slider changes
