@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from napari_dunet import labelsynth
 from napari_dunet.errors import InputError
@@ -114,26 +115,47 @@ def test_lesion_core_is_visible_and_near_csf_in_most_draws():
 
 
 @pytest.mark.slow
-def test_stream_feeds_fresh_cases_from_a_worker_process(shared_data):
-    from napari_dunet.training.synthetic import SynthSource, SynthStream
+def test_stream_feeds_fresh_cases_from_worker_processes_in_draw_order(shared_data):
+    """Two workers feed the draws one worker would, in the same order (worker 1 draws 1, 3, ...)."""
+    from napari_dunet.training.synthetic import CaseDrawer, SynthSource, SynthStream
 
     source = SynthSource((str(shared_data / "ch2.nii.gz"),),
                          (shared_data / "lesions" / "Subject_001.nii.gz",
                           shared_data / "lesions" / "Subject_002.nii.gz"), input_size=64)
-    stream = SynthStream(source, seed=3, pool_size=3)
+    stream = SynthStream(source, seed=3, pool_size=3, workers=2)
     try:
         pool = stream.refresh(minimum=2)
         assert len(pool) >= 2 and all(case.slices.shape[1:] == (64, 64) for case in pool)
-        assert any(case.lesion.any() for case in pool)  # some draws are lesion-free
         later = stream.refresh(minimum=3)
         assert len(later) == 3 and len({case.name for case in later}) == 3
-        stream._process.kill()  # a worker that died must not leave training on a stale pool
-        stream._process.join()
+        taken = pool + later
+
+        def numbers(cases):
+            return [int(case.name.rsplit("-", 1)[1]) for case in cases]
+
+        first, newest = numbers(pool), numbers(later)  # no draw lost or reordered:
+        assert first == list(range(len(first)))
+        assert newest == list(range(newest[0], newest[0] + 3)) and newest[-1] >= first[-1] + 1
+        assert any(case.lesion.any() for case in taken)  # some draws are lesion-free
+        second = next(case for case in taken if case.name.endswith("-3-0-1"))
+        alone = CaseDrawer(source).draw((3, 0, 1))
+        assert second.name == alone.name and torch.equal(second.slices, alone.slices)
+        stream._processes[1].kill()  # a worker that died must not leave training on a stale pool
+        stream._processes[1].join()
         with pytest.raises(InputError, match="synthesis worker stopped"):
-            stream.refresh()
+            stream.refresh(minimum=10)  # more than the pool holds: waits on the dead worker
     finally:
         stream.close()
-    assert not stream._process.is_alive()
+    assert not any(process.is_alive() for process in stream._processes)
+
+
+def test_stream_needs_a_worker(shared_data):
+    from napari_dunet.training.synthetic import SynthSource, SynthStream
+
+    source = SynthSource((str(shared_data / "ch2.nii.gz"),),
+                         (shared_data / "lesions" / "Subject_001.nii.gz",))
+    with pytest.raises(InputError, match="at least one worker"):
+        SynthStream(source, workers=0)
 
 
 def test_t2_order_draws_put_fluid_above_grey_above_white_matter():

@@ -113,6 +113,7 @@ def test_init_default_names_the_bundled_weights(dataset, tmp_path):
     (["--model", "unet9"], "unknown model"),
     (["--max-minutes", "0"], "time limit must be a positive number"),
     (["--rehearsal", "-1"], "--rehearsal takes a number of cases"),
+    (["--synth-workers", "0"], "--synth-workers takes a number of processes"),
 ])
 def test_bad_requests_exit_with_one_clear_line(dataset, tmp_path, capsys, extra, message):
     code = main(["train", "--data", str(dataset), "--out", str(tmp_path / "m.safetensors"), *extra])

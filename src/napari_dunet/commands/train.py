@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "('mni' or T1 files) with the --lesions shapes (docs/synthesis.md)")
     parser.add_argument("--lesions", nargs="+", type=Path, metavar="MASK",
                         help="lesion mask files or folders for --synth")
+    parser.add_argument("--synth-workers", type=int, default=1, metavar="N",
+                        help="processes drawing --synth cases (default 1; on a GPU, about one "
+                             "per free CPU core keeps it fed); the draws do not depend on N")
     add_output_argument(parser, required=True, metavar="CHECKPOINT",
                         help="model to write (.safetensors); the resumable state goes beside it "
                              "as NAME.state.safetensors")
@@ -116,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     if args.rehearsal and args.synth:
         raise InputError("--rehearsal mixes synthetic cases into training on --data; with "
                          "--synth every case is synthetic already.")
+    if args.synth_workers < 1:
+        raise InputError(f"--synth-workers takes a number of processes (1 or more), got "
+                         f"{args.synth_workers}.")
     if args.resume and not state_path(out).is_file():
         raise InputError(f"nothing to resume: {state_path(out)} does not exist.")
     config = TrainConfig(
@@ -198,7 +204,8 @@ def _synthetic_cases(args: argparse.Namespace, config, dist, log, where: str) ->
         val_cases = dist.shard(validation_cases(source, 4)) if args.val_fraction > 0 else []
     log(f"drawing from {len(source.anatomies)} anatomies and {len(source.lesions)} lesion shapes; "
         f"{len(val_cases)} validation cases; {where}")
-    return SynthStream(source, seed=config.seed, rank=dist.rank), val_cases
+    return SynthStream(source, seed=config.seed, rank=dist.rank,
+                       workers=args.synth_workers), val_cases
 
 
 def _init_model(init: Path | None) -> str:

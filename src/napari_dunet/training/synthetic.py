@@ -1,9 +1,11 @@
 """Training cases drawn on the fly from label maps (``labelsynth``) by a worker process.
 
-``SynthStream`` keeps a pool of prepared cases; a background process draws new ones (one
-thread, so it shares a small CPU with the training) and each epoch takes the newest into the
-pool, dropping the oldest. The engine accepts a stream in place of a list of training cases.
-Draws are seeded by (seed, rank, draw number), so a stream repeats for the same seed.
+``SynthStream`` keeps a pool of prepared cases; background processes draw new ones (one thread
+each: one process shares a small CPU with the training, several feed a GPU) and each epoch takes
+the newest into the pool, dropping the oldest. The engine accepts a stream in place of a list of
+training cases. Draws are seeded by (seed, rank, draw number) and worker ``w`` of ``n`` draws
+numbers ``w, w + n, ...``, taken in number order, so a stream repeats for the same seed whatever
+the number of workers.
 """
 
 from __future__ import annotations
@@ -96,7 +98,10 @@ class CaseDrawer:
         return self._placed[key]
 
 
-def _worker(source: SynthSource, seed: int, rank: int, out: mp.Queue, stop) -> None:
+def _worker(source: SynthSource, seed: int, rank: int, first: int, step: int, out: mp.Queue,
+            stop) -> None:
+    """Draw numbers ``first, first + step, ...`` into ``out``, in order; ``None`` for a draw
+    that failed, so that the reader keeps the order."""
     torch.set_num_threads(1)
     try:
         os.nice(5)  # drawing must not slow the training it feeds
@@ -104,68 +109,81 @@ def _worker(source: SynthSource, seed: int, rank: int, out: mp.Queue, stop) -> N
         pass
     out.cancel_join_thread()  # on stop, exit without flushing cases nobody will read
     drawer = CaseDrawer(source)
-    index = 0
+    index = first
     while not stop.is_set():
         try:
             case = drawer.draw((seed, rank, index))
+            item = (case.name, case.slices, case.masks)
         except DunetError as exc:  # one unusable draw: say so and draw the next
             print(f"napari-dunet synthesis: draw {index} skipped: {exc}", file=sys.stderr,
                   flush=True)
-            continue
-        finally:
-            index += 1
+            item = None
+        index += step
         while not stop.is_set():
             try:
-                out.put((case.name, case.slices, case.masks), timeout=0.5)
+                out.put(item, timeout=0.5)
                 break
             except queue.Full:
                 continue
 
 
 class SynthStream:
-    """A pool of ``pool_size`` synthetic cases, refreshed from a worker process each epoch."""
+    """A pool of ``pool_size`` synthetic cases, refreshed from ``workers`` processes each epoch."""
 
     def __init__(self, source: SynthSource, *, seed: int = 0, rank: int = 0,
-                 pool_size: int = 48, queue_size: int = 16):
+                 pool_size: int = 48, queue_size: int = 16, workers: int = 1):
+        if workers < 1:
+            raise InputError(f"synthesis needs at least one worker process, got {workers}.")
         self.source = source.check()
         context = mp.get_context("spawn")
-        self._queue: mp.Queue = context.Queue(maxsize=queue_size)
+        self._queues: list[mp.Queue] = [context.Queue(maxsize=max(2, queue_size // workers))
+                                        for _ in range(workers)]
         self._stop = context.Event()
-        self._process = context.Process(target=_worker, daemon=True, name="napari-dunet-synth",
-                                        args=(source, seed, rank, self._queue, self._stop))
+        self._processes = [
+            context.Process(target=_worker, daemon=True, name=f"napari-dunet-synth-{w}",
+                            args=(source, seed, rank, w, workers, q, self._stop))
+            for w, q in enumerate(self._queues)]
         self.pool: list[TrainingCase] = []
         self.pool_size = pool_size
-        self.drawn = 0
-        self._process.start()
+        self.drawn = 0  # draws taken (failed ones too): the next comes from worker drawn % n
+        for process in self._processes:
+            process.start()
 
     def refresh(self, minimum: int = 8) -> list[TrainingCase]:
-        """The pool after taking every case drawn since the last call (waiting until it holds
-        at least ``minimum``)."""
+        """The pool after taking every case drawn since the last call, in draw order (waiting
+        until it holds at least ``minimum``)."""
         while True:
             short = len(self.pool) < minimum
+            source = self._queues[self.drawn % len(self._queues)]
             try:
-                name, slices, masks = (self._queue.get(timeout=60) if short
-                                       else self._queue.get_nowait())
+                item = source.get(timeout=5) if short else source.get_nowait()
             except queue.Empty:
                 self._check_alive()  # a stopped worker would leave the pool stale
                 if short:
                     continue
                 return list(self.pool)
-            self.pool.append(TrainingCase(name, slices, masks))
-            self.pool = self.pool[-self.pool_size:]
+            except (OSError, EOFError) as exc:  # a case whose worker died as it was sent
+                self._check_alive()
+                raise InputError(f"a synthesised case could not be read ({exc}).") from exc
             self.drawn += 1
+            if item is not None:
+                self.pool.append(TrainingCase(*item))
+                self.pool = self.pool[-self.pool_size:]
 
     def _check_alive(self) -> None:
-        if not self._process.is_alive():
-            raise InputError(f"the synthesis worker stopped (exit code {self._process.exitcode}).")
+        for process in self._processes:
+            if not process.is_alive():
+                raise InputError(f"a synthesis worker stopped (exit code {process.exitcode}).")
 
     def close(self) -> None:
         self._stop.set()
-        self._process.join(timeout=5)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=5)
-        self._queue.close()
+        for process in self._processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        for source in self._queues:
+            source.close()
 
 
 def validation_cases(source: SynthSource, count: int, seed: int = 10_000) -> list[TrainingCase]:
