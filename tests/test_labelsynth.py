@@ -143,7 +143,7 @@ def test_stream_feeds_fresh_cases_from_worker_processes_in_draw_order(shared_dat
         stream._processes[1].kill()  # a worker that died must not leave training on a stale pool
         stream._processes[1].join()
         with pytest.raises(InputError, match="synthesis worker stopped"):
-            stream.refresh(minimum=10)  # more than the pool holds: waits on the dead worker
+            stream.refresh(minimum=3)  # the pool is full: reads on until the dead worker's turn
     finally:
         stream.close()
     assert not any(process.is_alive() for process in stream._processes)

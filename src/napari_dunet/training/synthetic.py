@@ -151,7 +151,8 @@ class SynthStream:
 
     def refresh(self, minimum: int = 8) -> list[TrainingCase]:
         """The pool after taking every case drawn since the last call, in draw order (waiting
-        until it holds at least ``minimum``)."""
+        until it holds at least ``minimum``, or as many as it keeps)."""
+        minimum = min(minimum, self.pool_size)
         while True:
             short = len(self.pool) < minimum
             source = self._queues[self.drawn % len(self._queues)]
