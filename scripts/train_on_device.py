@@ -9,7 +9,9 @@ lesion shapes in DATA/lesions) from --init for --minutes, then stores in OUT:
 - dunet.safetensors.part1, .part2: the mean of the last --average epochs' weights, float16,
   with --init's thresholds (choose them again on the validation cases), split under 16 MiB;
   join them with `cat OUT/dunet.safetensors.part* > W.safetensors`;
-- summary.json: epochs, steps, stacks a second, cases drawn, losses, the file's sha256.
+- dunet-half.safetensors.part1, .part2: the same, stored once half the time had passed (a run
+  that can be made once gives two candidates for the validation cases to choose between);
+- summary.json: epochs, steps, stacks a second, cases drawn, losses, the files' sha256.
 
     python scripts/train_on_device.py --data .device/data --out OUT [--minutes 6] [--device cuda]
 """
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     stream = SynthStream(source, seed=args.seed, pool_size=args.pool_size, workers=args.workers)
-    checkpoint, kept, history, steps = work / "dunet.safetensors", [], [], 0
+    initial = read_metadata(args.init)
+    checkpoint, kept, history, steps, stored = work / "dunet.safetensors", [], [], 0, {}
     for event in training_events(stream, [], config, checkpoint, init=args.init):
         if isinstance(event, StepProgress):
             steps = event.done
@@ -94,15 +97,33 @@ def main(argv: list[str] | None = None) -> int:
                 old.unlink(missing_ok=True)
             kept = kept[-args.average:]
             history.append({"epoch": event.epoch, "loss": round(event.train_loss, 4),
-                            "seconds": round(event.seconds, 1), "cases_drawn": stream.drawn})
+                            "seconds": event.seconds, "cases_drawn": stream.drawn})
             print(f"epoch {event.epoch}: loss {event.train_loss:.4f}, {event.seconds:.1f} s, "
                   f"{stream.drawn} cases drawn", flush=True)
-    seconds = time.perf_counter() - started
+            if "half" not in stored and sum(h["seconds"] for h in history) >= 30 * args.minutes:
+                stored["half"] = store(kept, initial, work, args.out / "dunet-half.safetensors")
+    seconds, trained = time.perf_counter() - started, sum(h["seconds"] for h in history)
     if not kept:
         raise SystemExit("no epoch finished: nothing to store.")
+    stored["end"] = store(kept, initial, work, args.out / "dunet.safetensors")
+    summary = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "init": str(args.init), "minutes": args.minutes, "workers": args.workers,
+        "epochs": len(history), "steps": steps, "seconds": round(seconds, 1),
+        "training_seconds": round(trained, 1),
+        "stacks_per_second": round(steps * args.batch_size / trained, 1),
+        "cases_drawn": stream.drawn, "stored": stored,
+        "options": {k: str(v) for k, v in vars(args).items()}, "history": history}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}), flush=True)
+    return 0
 
+
+def store(kept: list[Path], initial: dict, work: Path, out: Path) -> dict:
+    """The mean of the ``kept`` epochs, float16, with the starting file's thresholds, written
+    as ``out``.part1, .part2, ...; returns what was stored."""
     model, metadata = average_checkpoints(kept)
-    initial = read_metadata(args.init)
     for key in ("threshold", "seed_threshold"):
         metadata[key] = initial.get(key)
     metadata["averaged"] = [p.name for p in kept]
@@ -110,19 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     save_checkpoint(whole, model, metadata, half=True)
     data = whole.read_bytes()
     for i, start in enumerate(range(0, len(data), PART_BYTES), start=1):
-        (args.out / f"dunet.safetensors.part{i}").write_bytes(data[start:start + PART_BYTES])
-    summary = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "init": str(args.init), "minutes": args.minutes, "workers": args.workers,
-        "epochs": len(history), "steps": steps, "seconds": round(seconds, 1),
-        "stacks_per_second": round(steps * args.batch_size / seconds, 1),
-        "cases_drawn": stream.drawn, "averaged": metadata["averaged"],
-        "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-        "options": {k: str(v) for k, v in vars(args).items()}, "history": history}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}), flush=True)
-    return 0
+        Path(f"{out}.part{i}").write_bytes(data[start:start + PART_BYTES])
+    return {"file": out.name, "averaged": metadata["averaged"], "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
 
 
 if __name__ == "__main__":
