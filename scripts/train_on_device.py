@@ -70,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     anatomies = (("mni",) if args.mni else ()) + tuple(
         str(p) for p in sorted((args.data / "anatomies").glob("*.nii*")))
     source = SynthSource(anatomies, tuple(sorted((args.data / "lesions").glob("*.nii*"))))
+    initial = read_metadata(args.init)
     config = TrainConfig(
         epochs=10_000, batch_size=args.batch_size, lr=args.lr, lesion_fraction=args.lesion_fraction,
         patience=0, seed=args.seed, crop_size=args.crop_size, steps_per_epoch=args.steps_per_epoch,
         device=args.device, precision=args.precision, max_minutes=args.minutes,
-        warmup_steps=args.warmup_steps, model=read_metadata(args.init)["model"],
-        preprocessing=read_metadata(args.init)["preprocessing"]["scheme"])
+        warmup_steps=args.warmup_steps, model=initial["model"],
+        preprocessing=initial["preprocessing"]["scheme"])
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"dunet-device-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     stream = SynthStream(source, seed=args.seed, pool_size=args.pool_size, workers=args.workers)
-    initial = read_metadata(args.init)
     checkpoint, kept, history, steps, stored = work / "dunet.safetensors", [], [], 0, {}
     for event in training_events(stream, [], config, checkpoint, init=args.init):
         if isinstance(event, StepProgress):
