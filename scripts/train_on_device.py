@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from napari_dunet.checkpoint import average_checkpoints, read_metadata, save_checkpoint
+from napari_dunet.synth import lesion_files
 from napari_dunet.training.config import TrainConfig
 from napari_dunet.training.engine import EpochMetrics, StepProgress, training_events
 from napari_dunet.training.synthetic import SynthSource, SynthStream
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
         args.init = weights.default_checkpoint()
     anatomies = (("mni",) if args.mni else ()) + tuple(
-        str(p) for p in sorted((args.data / "anatomies").glob("*.nii*")))
-    source = SynthSource(anatomies, tuple(sorted((args.data / "lesions").glob("*.nii*"))))
+        str(p) for p in lesion_files([args.data / "anatomies"]))  # the NIfTI files there
+    source = SynthSource(anatomies, tuple(lesion_files([args.data / "lesions"])))
     initial = read_metadata(args.init)
     config = TrainConfig(
         epochs=10_000, batch_size=args.batch_size, lr=args.lr, lesion_fraction=args.lesion_fraction,
