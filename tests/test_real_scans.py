@@ -18,9 +18,6 @@ def bundled():
     return load_checkpoint(weights.default_checkpoint())
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13's target (DSC >= 0.4 on the real stroke T2) is "
-                   "not met yet: the bundled weights find part of its bright lesion (DSC 0.37, "
-                   "precision 0.78, recall 0.24)")
 def test_real_stroke_t2_lesion_is_found(shared_data, bundled):
     """A chronic stroke on T2 (skull on, native space): the weights never saw a T2 or this
     patient, so finding the lesion shows they learned lesions, not one contrast."""
@@ -39,8 +36,6 @@ def test_real_ms_t1_scans_report_little_lesion(shared_data, bundled, patient):
     assert segment(volume, *bundled).lesion_ml < 5.0
 
 
-@pytest.mark.xfail(strict=True, reason="the bundled weights still mark both orbits of a whole-head "
-                   "T1 (2.9 mL on ch2, under 5 mL, but all of it in the orbits)")
 def test_a_healthy_whole_head_reports_little_lesion(shared_data, bundled):
     """The lesion-free ch2 T1 with skull, eyes and neck, as a user's whole-head scan has them:
     little lesion anywhere, none in the orbits (ch2 is a training anatomy: a floor)."""
