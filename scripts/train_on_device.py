@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from napari_dunet.checkpoint import average_checkpoints, read_metadata, save_checkpoint
+from napari_dunet.io import nifti_files
 from napari_dunet.synth import lesion_files
 from napari_dunet.training.config import TrainConfig
 from napari_dunet.training.engine import EpochMetrics, StepProgress, training_events
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.init = weights.default_checkpoint()
     anatomies = (("mni",) if args.mni else ()) + tuple(
-        str(p) for p in lesion_files([args.data / "anatomies"]))  # the NIfTI files there
+        str(p) for p in nifti_files(args.data / "anatomies", recursive=False))
     source = SynthSource(anatomies, tuple(lesion_files([args.data / "lesions"])))
     initial = read_metadata(args.init)
     config = TrainConfig(
