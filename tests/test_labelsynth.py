@@ -105,7 +105,7 @@ def test_lesion_core_is_visible_and_near_csf_in_most_draws():
     contrast = labelsynth.SynthRanges().lesion_contrast
     near = 0
     for seed in range(300):
-        means = labelsynth.label_intensities(np.random.default_rng(seed))
+        means, _ = labelsynth.label_intensities(np.random.default_rng(seed))
         csf, gm, wm = (means[list(v)].mean() for v in (labelsynth.CSF, labelsynth.GM, labelsynth.WM))
         tissue = means[list(labelsynth.GM) + list(labelsynth.WM)].mean()
         assert min(abs(means[labelsynth.CORE] - gm), abs(means[labelsynth.CORE] - wm)) >= (
@@ -161,12 +161,12 @@ def test_stream_needs_a_worker(shared_data):
 def test_t2_order_draws_put_fluid_above_grey_above_white_matter():
     t2 = labelsynth.SynthRanges(t1_like=0.0, t2_like=1.0)
     for seed in range(50):
-        means = labelsynth.label_intensities(np.random.default_rng(seed), t2)
+        means, _ = labelsynth.label_intensities(np.random.default_rng(seed), t2)
         csf, gm, wm = (means[list(v)].mean() for v in (labelsynth.CSF, labelsynth.GM, labelsynth.WM))
         assert csf > gm > wm
     orders = {"t1": 0, "t2": 0}
     for seed in range(400):  # the default mix has both orders in the shares it names
-        means = labelsynth.label_intensities(np.random.default_rng(seed))
+        means, _ = labelsynth.label_intensities(np.random.default_rng(seed))
         csf, gm, wm = (means[list(v)].mean() for v in (labelsynth.CSF, labelsynth.GM, labelsynth.WM))
         orders["t1"] += csf < gm < wm
         orders["t2"] += csf > gm > wm
@@ -209,3 +209,71 @@ def test_mottle_pulls_lesion_voxels_part_of_the_way_to_the_tissue_and_leaves_the
     moved = image[lesion] - 0.1
     assert moved.min() >= 0 and moved.max() <= 0.25 + 1e-6  # at most half-way, still darker
     assert moved.std() > 0.02  # a field, not one level
+
+
+def test_cavity_is_plain_csf_in_a_share_of_draws_and_never_hidden_in_the_tissue():
+    """A chronic cavity is fluid: in about ``cavity_like_csf`` of the draws whose CSF stands
+    clear of the tissues it takes a CSF class's exact level, told from CSF only by shape."""
+    ranges = labelsynth.SynthRanges()
+    plain, clear = 0, 0
+    for seed in range(300):
+        means, fluid = labelsynth.label_intensities(np.random.default_rng(seed), ranges)
+        tissues = [means[list(v)].mean() for v in (labelsynth.GM, labelsynth.WM)]
+        if min(abs(means[c] - t) for c in labelsynth.CSF for t in tissues) >= ranges.lesion_contrast:
+            clear += 1
+        if fluid is not None:
+            plain += 1
+            assert fluid in labelsynth.CSF and means[labelsynth.CORE] == means[fluid]
+            core, tissue = means[labelsynth.CORE], np.mean(tissues)
+            assert min(abs(core - t) for t in tissues) >= ranges.lesion_contrast
+            assert abs(means[labelsynth.RIM] - core) < abs(tissue - core)  # the rim lies between
+    assert 0.35 <= plain / clear <= 0.65
+
+
+def test_a_plain_csf_cavity_is_drawn_with_the_csf_texture_and_no_mottle(ch2_labels, lesion):
+    labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(0),
+                                    labelsynth.SynthRanges(strands=0.0))
+    box = tuple(slice(a, b + 1) for a, b in zip(*(lambda i: (i.min(0), i.max(0)))(np.argwhere(lesion))))
+    sub = labels[box]
+    fluid = labelsynth.SynthRanges(cavity_like_csf=1.0, blur_mm=(0.0, 0.0), mottle=(0.5, 0.5))
+    for seed in range(40):  # the first draw in T1 or T2 order whose CSF is clear of the tissues
+        rng = np.random.default_rng(seed)
+        means, cls = labelsynth.label_intensities(np.random.default_rng(seed), fluid)
+        if cls is not None:
+            break
+    image = labelsynth._paint(sub, rng, fluid)
+    core, csf = image[sub == labelsynth.CORE], image[sub == cls]
+    assert abs(core.mean() - csf.mean()) < 0.01 and abs(core.std() - csf.std()) < 0.01
+
+
+def test_strands_cross_the_cavity_within_the_stated_share(ch2_labels, lesion):
+    without = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(5),
+                                     labelsynth.SynthRanges(strands=0.0, gliotic=0.0))
+    ranges = labelsynth.SynthRanges(strands=1.0, gliotic=0.0)
+    strands = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(5), ranges)
+    cavity = without == labelsynth.CORE
+    share = (strands[cavity] == labelsynth.RIM).mean()
+    low, high = ranges.strand_share
+    assert low - 0.02 <= share <= high + 0.02
+    assert np.isin(strands[lesion], [labelsynth.CORE, labelsynth.RIM]).all()  # still lesion
+    assert np.array_equal(strands[~lesion], without[~lesion])  # nothing outside it changes
+    # sheets, not speckle: most strand voxels touch another strand voxel
+    from scipy import ndimage as ndi
+
+    sheet = (strands == labelsynth.RIM) & cavity
+    touching = ndi.convolve(sheet.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant")
+    assert (touching[sheet] >= 3).mean() > 0.8
+
+
+def test_ex_vacuo_widening_stays_near_the_lesion(ch2_labels, lesion):
+    from scipy import ndimage as ndi
+
+    ranges = labelsynth.SynthRanges(ex_vacuo_mm=(5.0, 5.0), sulci_mm=(2.0, 2.0), cortical_loss=0.0,
+                                    strands=0.0)
+    labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(1), ranges)
+    csf_before = np.isin(ch2_labels.labels, labelsynth.CSF)
+    grown = np.isin(labels, labelsynth.CSF) & ~csf_before
+    distance = ndi.distance_transform_edt(~lesion)
+    assert grown.sum() > 2000  # the ventricle and sulci near the infarct widen
+    assert distance[grown].max() < ranges.ex_vacuo_reach_mm
+    assert ndi.distance_transform_edt(~csf_before)[grown].max() <= 5.0 + 1e-6

@@ -53,6 +53,7 @@ BACKGROUND, HEAD, CSF, GM, WM, CORE, RIM, OTHER = 0, (1, 2), (3, 4), (5, 6, 7), 
 N_LABELS = 13
 BRAIN = CSF + GM + WM + (CORE, RIM)
 EXTRA_AXIAL_MM = 2.0  # the dark band this deep around the brain of a skull-on scan is CSF
+VENTRICLE_DEPTH_MM = 8.0  # CSF this deep inside the brain is taken for the ventricles
 TISSUE_LEVELS = {"head": HEAD, "csf": CSF, "gm": GM, "wm": WM}
 
 
@@ -82,7 +83,14 @@ class SynthRanges:
     gliotic: float = 0.3  # share of lesions mostly gliosis: their rim reaches gliotic_rim_mm deep
     gliotic_rim_mm: tuple[float, float] = (3.0, 10.0)
     mottle: tuple[float, float] = (0.0, 0.5)  # largest pull of lesion voxels towards the tissue
-    ex_vacuo_mm: tuple[float, float] = (0.0, 3.0)
+    cavity_like_csf: float = 0.5  # share of draws whose cavity is exactly a CSF class (level,
+    # texture, no mottle), where the CSF stands out from the tissues: only shape and place tell it
+    strands: float = 0.4  # share of lesions whose cavity is crossed by strands of gliotic tissue
+    strand_mm: tuple[float, float] = (2.0, 5.0)  # grain of the strands' random field
+    strand_share: tuple[float, float] = (0.05, 0.2)  # share of the cavity they take
+    ex_vacuo_mm: tuple[float, float] = (0.0, 5.0)  # widening of the ventricles near the lesion
+    sulci_mm: tuple[float, float] = (0.0, 2.0)  # and of the sulci and cisterns near it
+    ex_vacuo_reach_mm: float = 20.0  # CSF spaces this near the lesion widen
     cortical_loss: float = 0.5  # share of draws where cortex next to the lesion becomes CSF
     lesion_free: float = 0.15  # share of draws without the lesion (a whole lesion-free head)
 
@@ -193,27 +201,44 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
 
 def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator,
                 ranges: SynthRanges = SynthRanges()) -> np.ndarray:
-    """A copy of ``labels`` with the lesion as core and rim, ex-vacuo widening of nearby CSF
-    and, in some draws, loss of the cortex next to it (within a box around the lesion)."""
+    """A copy of ``labels`` with the lesion as cavity core and gliotic rim, as a chronic infarct
+    looks on T1: ex-vacuo widening of nearby CSF spaces (ventricle, sulci), in some draws loss
+    of the cortex next to it, and in some strands of tissue crossing the cavity
+    (encephalomalacia); all within a box around the lesion."""
     labels = labels.copy()
     if not lesion.any():
         return labels
-    inside = np.argwhere(lesion)
-    box = tuple(slice(max(a - 20, 0), b + 21) for a, b in zip(inside.min(0), inside.max(0)))
+    inside, pad = np.argwhere(lesion), int(ranges.ex_vacuo_reach_mm) + 6
+    box = tuple(slice(max(a - pad, 0), b + pad + 1) for a, b in zip(inside.min(0), inside.max(0)))
     sub, les = labels[box], lesion[box]
     outside_mm = ndi.distance_transform_edt(~les)
-    near = (outside_mm < 15.0) & np.isin(sub, BRAIN) & ~les
+    near = (outside_mm < ranges.ex_vacuo_reach_mm) & np.isin(sub, BRAIN) & ~les
     fluid = np.isin(sub, CSF)
-    widen = rng.uniform(*ranges.ex_vacuo_mm)
-    if widen > 0 and fluid.any():
-        sub[near & (ndi.distance_transform_edt(~fluid) <= widen)] = CSF[0]
+    deep = ndi.distance_transform_edt(np.isin(sub, BRAIN)) >= VENTRICLE_DEPTH_MM
+    for spaces, widths in ((fluid & deep, ranges.ex_vacuo_mm), (fluid & ~deep, ranges.sulci_mm)):
+        widen = rng.uniform(*widths)
+        if widen > 0 and spaces.any():
+            sub[near & (ndi.distance_transform_edt(~spaces) <= widen)] = CSF[0]
     if rng.random() < ranges.cortical_loss:
         sub[np.isin(sub, GM) & (outside_mm <= rng.uniform(1.0, 3.0))] = CSF[0]
     depth_mm = ndi.distance_transform_edt(les)
     rim_mm = ranges.gliotic_rim_mm if rng.random() < ranges.gliotic else ranges.rim_mm
     sub[les] = np.where(depth_mm[les] <= rng.uniform(*rim_mm), RIM, CORE)
+    if rng.random() < ranges.strands:
+        sub[_strands(sub == CORE, rng, ranges)] = RIM
     labels[box] = sub
     return labels
+
+
+def _strands(cavity: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -> np.ndarray:
+    """Thin sheets through ``cavity``: the voxels where a smooth random field is near zero,
+    ``strand_share`` of them (the septa and spared tissue of encephalomalacia)."""
+    if not cavity.any():
+        return cavity
+    field = ndi.gaussian_filter(rng.standard_normal(cavity.shape, dtype=np.float32),
+                                rng.uniform(*ranges.strand_mm) / 2, truncate=2.5)
+    near_zero = np.abs(field[cavity])
+    return cavity & (np.abs(field) <= np.quantile(near_zero, rng.uniform(*ranges.strand_share)))
 
 
 def _painted(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generator,
@@ -263,8 +288,10 @@ def _rotation(a: float, b: float, c: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRanges()) -> np.ndarray:
-    """Mean intensity (0..1) of each label for one draw."""
+def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRanges()
+                      ) -> tuple[np.ndarray, int | None]:
+    """Mean intensity (0..1) of each label for one draw, and the CSF class whose level (and
+    texture) the lesion core takes, or None."""
     means = rng.uniform(0.0, 1.0, N_LABELS)
     order = rng.random()
     if order < ranges.t1_like:
@@ -287,9 +314,12 @@ def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRange
         means[CORE] = csf + rng.uniform(-0.1, 0.1) * abs(tissue - csf)
     grey_white = [float(means[list(v)].mean()) for v in (GM, WM)]
     means[CORE] = _visible(float(means[CORE]), csf, grey_white, ranges.lesion_contrast, rng)
+    fluid = _cavity_like_csf(means, rng, ranges)
+    if fluid is not None:
+        means[CORE] = means[fluid]
     means[RIM] = means[CORE] + rng.uniform(0.2, 0.8) * (tissue - means[CORE])
     means[BACKGROUND] = 0.0
-    return np.clip(means, 0.0, 1.2)
+    return np.clip(means, 0.0, 1.2), fluid
 
 
 def _visible(core: float, csf: float, tissues: list[float], contrast: float,
@@ -306,14 +336,32 @@ def _visible(core: float, csf: float, tissues: list[float], contrast: float,
 
 
 def _paint(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -> np.ndarray:
-    """Intensities per label, a mottled lesion, texture, and partial-volume blur."""
-    means = label_intensities(rng, ranges).astype(np.float32)
+    """Intensities per label, a mottled lesion (or a cavity of plain CSF), texture, and
+    partial-volume blur."""
+    means, fluid = label_intensities(rng, ranges)
+    means = means.astype(np.float32)
     sds = rng.uniform(*ranges.texture, N_LABELS).astype(np.float32)
     sds[BACKGROUND] = 0.0
+    if fluid is not None:
+        sds[CORE] = sds[fluid]
     image = means[labels]
-    _mottle(image, labels, float(means[list(GM + WM)].mean()), rng.uniform(*ranges.mottle), rng)
+    mottled = labels if fluid is None else np.where(labels == CORE, BACKGROUND, labels)
+    _mottle(image, mottled, float(means[list(GM + WM)].mean()), rng.uniform(*ranges.mottle), rng)
     image += sds[labels] * rng.standard_normal(labels.shape, dtype=np.float32)
     return ndi.gaussian_filter(image, rng.uniform(*ranges.blur_mm), truncate=2.5)
+
+
+def _cavity_like_csf(means: np.ndarray, rng: np.random.Generator,
+                     ranges: SynthRanges) -> int | None:
+    """The CSF class whose level and texture the cavity takes in this draw (``cavity_like_csf``
+    of the draws, where every CSF class stands ``lesion_contrast`` clear of the grey and white
+    matter), else None: a chronic cavity is fluid, told from CSF only by its shape and place."""
+    if rng.random() >= ranges.cavity_like_csf:
+        return None
+    tissues = [float(means[list(v)].mean()) for v in (GM, WM)]
+    if min(abs(means[c] - t) for c in CSF for t in tissues) < ranges.lesion_contrast:
+        return None
+    return int(rng.choice(CSF))
 
 
 def _mottle(image: np.ndarray, labels: np.ndarray, tissue: float, pull: float,
