@@ -76,3 +76,65 @@ def test_a_seed_threshold_outside_0_to_1_is_refused():
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(InputError, match="seed threshold"):
             SegmentOptions(seed_threshold=bad).check()
+
+
+def tube() -> np.ndarray:
+    """A lesion running along the axial axis through slices 2..25 of 30 (0.75), seeded (0.995)
+    only in slice 24, and a faint region (0.8, no seed) through slices 5..16."""
+    p = np.zeros((20, 20, 30), np.float32)
+    p[2:8, 2:8, 2:26] = 0.75
+    p[4:6, 4:6, 24] = 0.995
+    p[12:18, 12:18, 5:17] = 0.8
+    return p
+
+
+@pytest.fixture
+def tube_network(monkeypatch):
+    """The network's map is ``tube()``, on the slices a run asks for (zero elsewhere, as
+    ``predict_volume`` gives); records the slice ranges run."""
+    ran = []
+
+    def predict(volume, model, options, **_):
+        ran.append(options.slice_range)
+        start, stop = options.slice_range or (0, 30)
+        p = np.zeros((20, 20, 30), np.float32)
+        p[..., start:stop] = tube()[..., start:stop]
+        return p
+
+    monkeypatch.setattr(inference, "predict_volume", predict)
+    return ran
+
+
+def test_a_current_slice_is_masked_as_the_whole_volume_masks_it(tube_network):
+    from napari_dunet.segmentation import segment_slice, slice_mask
+
+    volume = Volume(np.ones((20, 20, 30), np.float32), np.eye(4))
+    meta = {"model": "dunet", "threshold": 0.7, "seed_threshold": 0.99}
+    whole = segment(volume, None, meta, SegmentOptions(device="cpu")).mask
+    assert whole[..., 3].sum() == 36 and not whole[..., 10][12:].any()  # seeded 21 slices away
+    for z in (3, 10, 28):
+        tube_network.clear()
+        one = segment_slice(volume, None, meta, SegmentOptions(device="cpu"), z)
+        np.testing.assert_array_equal(one.mask[..., z], whole[..., z])
+        assert not np.delete(one.mask, z, axis=2).any()  # the slice alone
+        assert one.slice_range == (z, z + 1) and one.lesion_ml == pytest.approx(
+            whole[..., z].sum() / 1000)
+        ran = sorted(tube_network)  # each slice run once
+        assert sum(b - a for a, b in ran) == one.context[1] - one.context[0]
+    # slice 28 crosses no region: its neighbourhood alone decides it
+    assert one.context[0] > 24 and one.context[1] == 30
+    # a narrower neighbourhood cannot decide slice 3, and says so
+    seeded = segment_slice(volume, None, meta, SegmentOptions(device="cpu"), 3)
+    assert seeded.context[1] > 24
+    assert slice_mask(seeded.probability, volume, 3, (0, 8), 0.7, 0.99) is None
+    np.testing.assert_array_equal(
+        slice_mask(seeded.probability, volume, 3, seeded.context, 0.7, 0.99), seeded.mask)
+    # the map of an earlier run is reused: no slice runs twice
+    tube_network.clear()
+    again = segment_slice(volume, None, meta, SegmentOptions(device="cpu", threshold=0.78), 3,
+                          known=(seeded.probability, seeded.context))
+    assert tube_network == [] and not again.mask.any()  # 0.75 is below 0.78
+    tube_network.clear()
+    from_whole = segment_slice(volume, None, meta, SegmentOptions(device="cpu"), 10,
+                               known=(tube(), (0, 30)))
+    assert tube_network == [] and np.array_equal(from_whole.mask[..., 10], whole[..., 10])

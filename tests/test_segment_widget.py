@@ -166,16 +166,101 @@ def test_current_slice_segments_the_axial_slice_at_the_cursor(
     widget._scope.value = CURRENT_SLICE
     viewer.dims.set_point(2, image.data_to_world([0, 0, 6])[2])
     run_and_wait(qtbot, widget)
-    probability = widget._last.probability
-    assert list(np.flatnonzero(probability.any(axis=(0, 1)))) == [6]
+    preview = viewer.layers["t1 lesion preview"]
+    assert list(np.flatnonzero(np.asarray(preview.data).any(axis=(0, 1)))) == [6]
+    assert widget._last.slice_range == (6, 7)
     assert "axial slice 6 only" in widget._summary.value
     assert notes["info"] == []
     # a sagittal view: still the axial slice through the point, and the user is told
     viewer.dims.order = (0, 1, 2)
     viewer.dims.set_point(2, image.data_to_world([0, 0, 3])[2])
     run_and_wait(qtbot, widget)
-    assert list(np.flatnonzero(widget._last.probability.any(axis=(0, 1)))) == [3]
+    assert list(np.flatnonzero(np.asarray(preview.data).any(axis=(0, 1)))) == [3]
     assert any("does not show axial slices" in note for note in notes["info"])
+
+
+def lesion_map(seed_slice: int) -> np.ndarray:
+    """A network's map of a 40x48x30 scan: a lesion (0.75) through axial slices 2..25 whose
+    only confident voxels (0.995) lie in ``seed_slice``."""
+    p = np.zeros((40, 48, 30), np.float32)
+    p[20:28, 24:32, 2:26] = 0.75
+    p[22:24, 26:28, seed_slice] = 0.995
+    return p
+
+
+@pytest.fixture
+def mapped(monkeypatch):
+    """The network gives ``mapped.map`` on the slices a run asks for; ``mapped.ran`` lists the
+    slice ranges run."""
+    from napari_dunet import inference
+
+    class Network:
+        map, ran = lesion_map(24), []
+
+        def predict(self, volume, model, options, **_):
+            self.ran.append(options.slice_range)
+            start, stop = options.slice_range or (0, 30)
+            p = np.zeros_like(self.map)
+            p[..., start:stop] = self.map[..., start:stop]
+            return p
+
+    network = Network()
+    monkeypatch.setattr(inference, "predict_volume", network.predict)
+    return network
+
+
+def test_current_slice_and_whole_volume_agree_on_a_lesion_slice(
+        make_napari_viewer, qtbot, fast_model, mapped, notes, tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    image, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz", (40, 48, 30)))
+    model_store.set_checkpoint(tmp_path / "seeded.safetensors", model=fast_model, metadata={
+        "model": "dunet", "threshold": 0.7, "seed_threshold": 0.99})
+    widget._scope.value = CURRENT_SLICE
+    viewer.dims.set_point(2, image.data_to_world([0, 0, 3])[2])
+    run_and_wait(qtbot, widget)  # the seed is 21 slices away from slice 3
+    preview = viewer.layers["t1 lesion preview"]
+    assert np.count_nonzero(preview.data) == 64 and "0.19 mL in 1 lesion" in widget._summary.value
+    widget._scope.value = "whole volume"
+    run_and_wait(qtbot, widget)
+    whole = np.asarray(viewer.layers["t1 lesion"].data)
+    assert np.array_equal(preview.data[..., 3], whole[..., 3])
+    # with the whole volume's map at hand, a preview runs no network and agrees on every slice
+    widget._scope.value = CURRENT_SLICE
+    with monkeypatch.context() as patch:
+        forbid_network(patch)
+        for z in (1, 2, 14, 25, 26):
+            viewer.dims.set_point(2, image.data_to_world([0, 0, z])[2])
+            run_and_wait(qtbot, widget)
+            assert np.array_equal(preview.data[..., z], whole[..., z])
+            assert np.count_nonzero(preview.data) == np.count_nonzero(whole[..., z])
+    assert notes["error"] == []
+
+
+def test_a_seed_slider_on_a_preview_runs_only_the_slices_it_needs(
+        make_napari_viewer, qtbot, fast_model, mapped, notes, tmp_path):
+    mapped.map = np.minimum(lesion_map(6), 0.95)  # seeds of 0.95 in slice 6
+    viewer = make_napari_viewer()
+    image, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz", (40, 48, 30)))
+    model_store.set_checkpoint(tmp_path / "seeded.safetensors", model=fast_model, metadata={
+        "model": "dunet", "threshold": 0.7, "seed_threshold": 0.9})
+    widget._scope.value = CURRENT_SLICE
+    viewer.dims.set_point(2, image.data_to_world([0, 0, 3])[2])
+    run_and_wait(qtbot, widget)
+    preview = viewer.layers["t1 lesion preview"]
+    assert np.count_nonzero(preview.data) == 64  # seeded in slice 6
+    context, ran = widget._last.context, list(mapped.ran)
+    assert context[0] <= 3 and 6 < context[1] < 30
+    widget._threshold.value = 0.8  # decided by the slices run: no network
+    qtbot.waitUntil(lambda: widget._runner.worker is None)
+    assert mapped.ran == ran and not preview.data.any()
+    widget._threshold.value = 0.7
+    widget._seed_threshold.value = 0.96  # no seed in the slices run: the lesion may hold one above
+    qtbot.waitUntil(lambda: widget._runner.worker is None and len(mapped.ran) > len(ran),
+                    timeout=60_000)
+    more = sorted(mapped.ran[len(ran):])  # only slices not run before, up to the lesion's end
+    assert more[0][0] == context[1] and more[-1][1] > 25
+    assert all(a[1] == b[0] for a, b in zip(more, more[1:]))
+    assert not preview.data.any() and "0.00 mL" in widget._summary.value
 
 
 def test_a_current_slice_preview_never_replaces_the_whole_volume_result(

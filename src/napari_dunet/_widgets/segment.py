@@ -47,6 +47,7 @@ class SegmentJob:
     options: SegmentOptions  # thresholds None: the checkpoint's (a new checkpoint)
     point: tuple[int, ...] | None = None  # voxel of the current position: segment its axial slice
     sliced_axes: tuple[int, ...] = ()  # array axes the viewer is slicing along (2D view)
+    known: tuple[np.ndarray, tuple[int, int]] | None = None  # ``segment_slice``'s ``known``
 
 
 def segment_job(job: SegmentJob, progress: Callable[[int, int], None] | None = None,
@@ -57,7 +58,7 @@ def segment_job(job: SegmentJob, progress: Callable[[int, int], None] | None = N
 
     from ..inference import resolve_device
     from ..preprocessing import SliceGeometry
-    from ..segmentation import segment
+    from ..segmentation import segment, segment_slice
 
     try:
         device = resolve_device(job.options.device)
@@ -69,16 +70,19 @@ def segment_job(job: SegmentJob, progress: Callable[[int, int], None] | None = N
     options, notes = job.options, []
     if device.type == "cpu":
         options = dataclasses.replace(options, batch_size=min(options.batch_size, CPU_BATCH))
-    if job.point is not None:
+    if job.point is None:
+        result = segment(job.volume, model, metadata, options, progress=progress, cancel=cancel)
+    else:
         geometry = SliceGeometry.for_volume(job.volume.data.shape, job.volume.affine)
-        first = geometry.axial_slice_at(job.point)
-        options = dataclasses.replace(options, slice_range=(first, first + 1))
         axis = geometry.axial_axis
+        known = job.known and (job.known[0], job.known[1] or (0, geometry.n_slices))
         if job.sliced_axes and axis not in job.sliced_axes:
             notes.append(f"The view does not show axial slices: segmented the axial slice through "
                          f"the current point (axis {axis}). Use 'whole volume', or slice along "
                          "that axis, to see more.")
-    result = segment(job.volume, model, metadata, options, progress=progress, cancel=cancel)
+        result = segment_slice(job.volume, model, metadata, options,
+                               geometry.axial_slice_at(job.point), progress=progress,
+                               cancel=cancel, known=known)
     result.notes[:0] = notes
     return checkpoint, result
 
@@ -89,25 +93,37 @@ class _Result:
 
     image: Any
     labels: Any
-    volume: Volume
+    job: SegmentJob
+    checkpoint: Path | None
     probability: np.ndarray
     threshold: float
     seed_threshold: float
     slice_range: tuple[int, int] | None
+    context: tuple[int, int] | None  # a preview's: the axial slices the network ran on
+    shown: np.ndarray | None = None  # a copy of the mask given to ``labels``
+
+    @property
+    def volume(self) -> Volume:
+        return self.job.volume
 
     @property
     def preview(self) -> bool:
         """A current-slice run (it has its own layer)."""
         return self.slice_range is not None
 
-    def mask(self) -> np.ndarray:
-        from ..segmentation import threshold_mask
+    def mask(self) -> np.ndarray | None:
+        """The mask at the result's thresholds; a preview: None when the slices the network
+        ran on cannot decide it (``segmentation.slice_mask``)."""
+        from ..segmentation import slice_mask, threshold_mask
 
+        if self.preview:
+            return slice_mask(self.probability, self.volume, self.slice_range[0], self.context,
+                              self.threshold, self.seed_threshold)
         return threshold_mask(self.probability, self.threshold, self.seed_threshold)
 
     def edited(self) -> bool:
         """True when the labels differ from what the network gave (the user painted on them)."""
-        return not np.array_equal(np.asarray(self.labels.data), self.mask())
+        return not np.array_equal(np.asarray(self.labels.data), self.shown)
 
 
 class SegmentWidget(Panel):
@@ -222,18 +238,23 @@ class SegmentWidget(Panel):
             raise InputError("Choose a weights file (.safetensors): this installation has no bundled "
                              "default weights.")
         volume = layer_volume(image.data, image.metadata, _transform(image))
-        point, sliced = None, ()
-        if self._scope.value == CURRENT_SLICE:
-            position = image.world_to_data(self._viewer.dims.point)
-            point = tuple(int(round(float(v))) for v in position[-3:])
-            if self._viewer.dims.ndisplay == 2:
-                sliced = tuple(self._viewer.dims.not_displayed)
-        # the thresholds the result will be shown at (a new checkpoint brings its own)
+        if self._scope.value == WHOLE:
+            return SegmentJob(volume, self._options())
+        position = image.world_to_data(self._viewer.dims.point)
+        point = tuple(int(round(float(v))) for v in position[-3:])
+        sliced = tuple(self._viewer.dims.not_displayed) if self._viewer.dims.ndisplay == 2 else ()
+        whole = self._results.get((image, False))  # its map decides the slice: no network run
+        known = ((whole.probability, None) if whole is not None
+                 and whole.checkpoint == model_store.current_checkpoint() else None)
+        return SegmentJob(volume, self._options(), point, sliced, known)
+
+    def _options(self) -> SegmentOptions:
+        """The options of a run: the thresholds the result will be shown at (a new checkpoint
+        brings its own)."""
         ours = model_store.current_checkpoint() == self._threshold_from
-        options = SegmentOptions(device=self._device.value,
-                                 threshold=float(self._threshold.value) if ours else None,
-                                 seed_threshold=float(self._seed_threshold.value) if ours else None)
-        return SegmentJob(volume, options, point, sliced)
+        return SegmentOptions(device=self._device.value,
+                              threshold=float(self._threshold.value) if ours else None,
+                              seed_threshold=float(self._seed_threshold.value) if ours else None)
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -245,7 +266,10 @@ class SegmentWidget(Panel):
         except DunetError as exc:
             show_warning(str(exc))
             return
-        self._running = (self._image.value, job)
+        self._start(self._image.value, job)
+
+    def _start(self, image: Any, job: SegmentJob) -> None:
+        self._running = (image, job)
         self._runner.start(segment_job, job, progress=ensure_main_thread(self._show_progress),
                            returned=self._finished_run, errored=self._failed)
 
@@ -285,10 +309,18 @@ class SegmentWidget(Panel):
             with self._threshold.changed.blocked(), self._seed_threshold.changed.blocked():
                 self._threshold.value = segmented.threshold
                 self._seed_threshold.value = segmented.seed_threshold or 0.0
-        result = _Result(image, None, job.volume, segmented.probability,
+        result = _Result(image, None, job, checkpoint, segmented.probability,
                          float(self._threshold.value), float(self._seed_threshold.value),
-                         segmented.slice_range)
-        result.labels = self._labels_for(result)
+                         segmented.slice_range, segmented.context)
+        mask = result.mask()
+        if mask is None:  # a slider moved during a preview's run: show what the run decided
+            result.threshold = segmented.threshold
+            result.seed_threshold = segmented.seed_threshold or 0.0
+            with self._threshold.changed.blocked(), self._seed_threshold.changed.blocked():
+                self._threshold.value = result.threshold
+                self._seed_threshold.value = result.seed_threshold
+            mask = segmented.mask
+        result.labels = self._labels_for(result, mask)
         self._last = self._results[(image, result.preview)] = result
         if self._show_probability.value or self._probability_layer(image) is not None:
             self._update_probability(image, segmented.probability)
@@ -298,11 +330,12 @@ class SegmentWidget(Panel):
             show_info(note)
 
     # -- results ---------------------------------------------------------------------------
-    def _labels_for(self, result: _Result) -> Any:
+    def _labels_for(self, result: _Result, mask: np.ndarray) -> Any:
         """The layer of the previous result of the same scope (whole volume, or current-slice
         preview) if it is unedited (its data replaced), else a new layer: a preview never
         replaces a whole-volume result."""
-        image, mask = result.image, result.mask()
+        image = result.image
+        result.shown = mask.copy()  # painting changes the layer's array in place
         last = self._results.get((image, result.preview))
         if last is not None and last.labels in self._viewer.layers and not last.edited():
             last.labels.data = mask
@@ -347,8 +380,22 @@ class SegmentWidget(Panel):
             return
         last.threshold = float(self._threshold.value)
         last.seed_threshold = float(self._seed_threshold.value)
-        last.labels.data = last.mask()
+        mask = last.mask()
+        if mask is None:  # a preview whose regions reach past the slices run: run more
+            self._rerun(last)
+            return
+        last.labels.data, last.shown = mask, mask.copy()
         self._report()
+
+    def _rerun(self, last: _Result) -> None:
+        """Run a preview again at the sliders' thresholds, from the slices already run."""
+        if self._runner.worker is not None:
+            show_info("A run is in progress; move the slider again when it has finished.")
+            return
+        same = last.checkpoint == model_store.current_checkpoint()
+        known = (last.probability, last.context) if same else None
+        self._start(last.image, SegmentJob(last.volume, self._options(), last.job.point,
+                                           last.job.sliced_axes, known))
 
     def _report(self, _event: Any = None) -> None:
         """Show lesion volume (mL) and number of lesions (6-connected components)."""
