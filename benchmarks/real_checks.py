@@ -13,6 +13,10 @@ Checks (data from ``../shared/data``; each a group of rows, with its target):
   anatomy, held-out LESYMAP lesions 81.. painted with the old appearance model
   (``synth.synthesize_case(appearance=None)``), then 4-6 mm axial slices (Gaussian of FWHM t
   along the superior-inferior axis, every t-th slice kept). Mean DSC >= 0.5.
+* carved-t1: real T1 anatomy (MS patient 26, unseen in training; ch2 skull on; MS patient 19)
+  with held-out LESYMAP lesions 81.. carved in as chronic tissue loss by ``carve.py`` (the
+  scan's own CSF and grey-matter values, grey-scale erosion for the ex-vacuo widening: not the
+  training synthesis), every second lesion mirrored to the right. Mean DSC >= 0.5.
 * old-synthetic (``--heldout DIR``): cases of ``scripts/make_training_data.sh``. Mean DSC >= 0.75.
 """
 
@@ -37,11 +41,15 @@ from napari_dunet.segmentation import (checkpoint_preprocessing, checkpoint_seed
                                        checkpoint_threshold, segment)
 from napari_dunet.weights import default_checkpoint
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # carve.py beside this script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CHECKS = ("stroke-t2", "ms-t1", "healthy-head", "clinical", "old-synthetic")
+CHECKS = ("stroke-t2", "ms-t1", "healthy-head", "clinical", "carved-t1", "old-synthetic")
+CARVED_ANATOMIES = ("real/ms_t1/patient26/T1w.nii.gz", "ch2.nii.gz", "real/ms_t1/patient19/T1w.nii.gz")
 TARGETS = {"stroke-t2": ("dsc", ">=", 0.4), "ms-t1": ("max_pred_ml", "<", 5.0),
            "healthy-head": ("max_pred_ml", "<", 5.0),
-           "clinical": ("mean_dsc", ">=", 0.5), "old-synthetic": ("mean_dsc", ">=", 0.75)}
+           "clinical": ("mean_dsc", ">=", 0.5), "carved-t1": ("mean_dsc", ">=", 0.5),
+           "old-synthetic": ("mean_dsc", ">=", 0.75)}
 
 
 class Segmenter:
@@ -129,6 +137,28 @@ def clinical_cases(data: Path, n: int, seed: int, save_dir: Path | None, contras
         yield name, image, mask, thickness, time.perf_counter() - t
 
 
+def carved_cases(data: Path, n: int, seed: int, save_dir: Path | None):
+    """Yield (name, image, mask, carving parameters) of the carved-t1 check."""
+    from carve import carve
+
+    anatomies = {}
+    for i, lesion_id in enumerate(range(81, 81 + n)):
+        path = CARVED_ANATOMIES[i % len(CARVED_ANATOMIES)]
+        if path not in anatomies:
+            t1 = load_volume(data / path)
+            t1.data = np.clip(t1.data.astype(np.float32), 0, None)
+            anatomies[path] = synth.anatomy_from_t1(t1)
+        lesion = load_volume(data / "lesions" / f"Subject_{lesion_id:03d}.nii.gz")
+        image, mask, params = carve(anatomies[path], lesion, np.random.default_rng([seed, i]),
+                                    mirror=i % 2 == 1)
+        name = f"carved_{Path(path).parent.name if 'ms_t1' in path else 'ch2'}_{lesion_id:03d}"
+        if save_dir is not None:
+            save_volume(image.data, image, save_dir / f"{name}_T1w.nii.gz", dtype=np.float32,
+                        overwrite=True)
+            save_mask(mask.data, mask, save_dir / f"{name}_mask.nii.gz", overwrite=True)
+        yield name, image, mask, params
+
+
 def run_check(check: str, args: argparse.Namespace, segment: Segmenter) -> list[dict]:
     """The rows of one check."""
     rows = []
@@ -152,6 +182,11 @@ def run_check(check: str, args: argparse.Namespace, segment: Segmenter) -> list[
             pred, seconds = segment(image)
             rows.append(score(name, pred, mask.data, image, seconds)
                         | {"thickness_mm": thickness, "build_seconds": build})
+    elif check == "carved-t1":
+        for name, image, mask, params in carved_cases(args.data, args.carved_cases, args.seed,
+                                                      args.save_dir):
+            pred, seconds = segment(image)
+            rows.append(score(name, pred, mask.data, image, seconds) | params)
     else:
         for case in find_cases(args.heldout)[:args.limit]:
             volume = load_volume(case.image)
@@ -201,12 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="clinical domain's seed (default 0)")
     parser.add_argument("--clinical-cases", type=int, default=12, choices=range(1, 21),
                         metavar="N", help="clinical cases, lesions 81.. (1-20, default 12)")
+    parser.add_argument("--carved-cases", type=int, default=9, choices=range(1, 21),
+                        metavar="N", help="carved-t1 cases, lesions 81.. (1-20, default 9)")
     parser.add_argument("--limit", type=int, metavar="N", help="at most N old-synthetic cases")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="write the results here (- : print them instead of the table)")
     parser.add_argument("--save-dir", type=Path, metavar="DIR",
-                        help="write the clinical images and masks here")
+                        help="write the clinical and carved images and masks here")
     args = parser.parse_args(argv)
     if args.weights is None:
         parser.error("no bundled default weights; pass --weights FILE")
@@ -214,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                  "ms-t1": (args.data / "real" / "ms_t1").is_dir(),
                  "healthy-head": (args.data / "ch2.nii.gz").is_file(),
                  "clinical": (args.data / "lesions").is_dir(),
+                 "carved-t1": (args.data / "lesions").is_dir(),
                  "old-synthetic": args.heldout is not None and args.heldout.is_dir()}
     checks = args.checks or [c for c in CHECKS if available[c]]
     if missing := [c for c in checks if not available[c]]:
