@@ -1,5 +1,6 @@
 """Figures of docs/architecture.md and docs/synthesis.md: what preprocessing makes of three
-different scans, and a grid of random label-map draws as the network sees them.
+different scans, a grid of random label-map draws as the network sees them, and a real chronic
+infarct beside label-map draws and carved real T1 scans at the same scale.
 
     python scripts/make_preprocessing_figures.py [--data ../shared/data] [--out docs/images]
 """
@@ -98,6 +99,73 @@ def draws_figure(data: Path, out: Path, n: int = 18) -> None:
     fig.savefig(out, dpi=70)
 
 
+def _crop(data: np.ndarray, mask: np.ndarray, z: int, half: int = 60):
+    """An axial slice (voxels of 1 mm) cut to 2 x ``half`` mm around the lesion's centre in it."""
+    cx, cy = (int(c) for c in np.argwhere(mask[:, :, z]).mean(0))
+    pad = lambda a: np.pad(a[:, :, z], half)  # noqa: E731
+    window = (slice(cx, cx + 2 * half), slice(cy, cy + 2 * half))
+    return pad(data)[window].T, pad(mask)[window].T
+
+
+def infarct_figure(data: Path, out: Path) -> None:
+    """Real chronic infarct (the stroke T2) against T1-order label-map draws and the carved real
+    T1 check, at one scale: 120 mm windows of 1 mm voxels around the lesion."""
+    import sys
+
+    from napari_dunet import synth
+    from napari_dunet.geometry import to_ras
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from carve import carve
+
+    rows = []
+    t2, traced = load_volume(data / "real" / "stroke_t2" / "T2.nii.gz"), load_mask(
+        data / "real" / "stroke_t2" / "lesionT2.nii.gz")
+    image, mask = to_ras(t2.data, t2.affine), to_ras(traced.data, t2.affine) > 0
+    span = np.flatnonzero(mask.any((0, 1)))
+    rows.append([("real stroke T2", image, mask, int(z))
+                 for z in np.linspace(span[0] + 8, span[-1] - 8, 4)])
+    t1_order = labelsynth.SynthRanges(t1_like=1.0, painted=0.0, lesion_free=0.0, thick_slices=0.0,
+                                      strip_skull=0.0)
+    anatomies = [labelsynth.load_label_anatomy(a) for a in
+                 (data / "ch2.nii.gz", data / "real" / "ms_t1" / "patient19" / "T1w.nii.gz")]
+    row = []
+    for i, k in enumerate((12, 33, 52, 66)):
+        anatomy = anatomies[i % 2]
+        lesion = labelsynth.lesion_on(anatomy, load_mask(data / "lesions" / f"Subject_{k:03d}.nii.gz"))
+        drawn, drawn_mask = labelsynth.draw_scan(anatomy, lesion, np.random.default_rng([38, i]),
+                                                 t1_order)
+        z = int(np.argmax(drawn_mask.data.sum((0, 1))))
+        row.append((f"label-map draw, T1 order ({anatomy.name})", drawn.data, drawn_mask.data > 0, z))
+    rows.append(row)
+    row = []
+    for i, (path, k) in enumerate((("real/ms_t1/patient26/T1w.nii.gz", 81), ("ch2.nii.gz", 82),
+                                   ("real/ms_t1/patient26/T1w.nii.gz", 84), ("ch2.nii.gz", 85))):
+        t1 = load_volume(data / path)
+        t1.data = np.clip(t1.data.astype(np.float32), 0, None)
+        carved, carved_mask, _ = carve(synth.anatomy_from_t1(t1),
+                                       load_volume(data / "lesions" / f"Subject_{k:03d}.nii.gz"),
+                                       np.random.default_rng([0, i]))
+        ras, ras_mask = to_ras(carved.data, t1.affine), to_ras(carved_mask.data, t1.affine) > 0
+        name = "ch2" if "ch2" in path else "MS patient 26"
+        row.append((f"carved real T1 ({name})", ras, ras_mask,
+                    int(np.argmax(ras_mask.sum((0, 1))))))
+    rows.append(row)
+    fig, axes = plt.subplots(3, 4, figsize=(11, 8.6))
+    for ax_row, row in zip(axes, rows):
+        for ax, (title, image, mask, z) in zip(ax_row, row):
+            shown, outline = _crop(image, mask, z)
+            ax.imshow(shown, cmap="gray", origin="lower",
+                      vmax=np.percentile(image[image > 0], 99.5))
+            ax.contour(outline, [0.5], colors="r", linewidths=0.6)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.suptitle("120 mm windows of 1 mm voxels, lesion outlined in red; the patient's right on "
+                 "the right", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=70)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -105,6 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     preprocessing_figure(args.data, args.out / "preprocessing_scans.png")
     draws_figure(args.data, args.out / "labelsynth_draws.png")
+    infarct_figure(args.data, args.out / "infarct_real_vs_synthetic.png")
 
 
 if __name__ == "__main__":
