@@ -6,15 +6,18 @@ random intensities per label, random deformation, random resolution and random a
 the shape of a lesion, not one scanner's look. Every draw (``draw_scan``):
 
 1. a real lesion shape (optionally mirrored) becomes a cavity core and a gliotic rim in the
-   anatomy's label map; nearby CSF spaces widen (ex vacuo) and nearby cortex thins (a share
-   of draws leaves the head lesion-free, so that whole healthy heads are seen too);
+   anatomy's label map, the cavity in some draws crossed by strands of tissue; the nearby
+   ventricle and sulci widen (ex vacuo) and nearby cortex thins (a share of draws leaves the
+   head lesion-free, so that whole healthy heads are seen too);
 2. the skull and scalp labels are kept, or removed (brain-extracted scans);
 3. random affine (rotation, scaling, shift) and smooth elastic deformation, in one resampling;
 4. an intensity per label: T1-like order in many draws (CSF < GM < WM, lesion core near CSF),
    T2-like order in some (WM < GM < CSF, the order of T2 and proton-density scans), any order
    in the rest; the lesion core stays near the CSF level in most draws (a fluid cavity looks
-   like CSF in any contrast); some lesions are mostly gliotic rim, and a smooth random field
-   pulls lesion voxels part of the way to the tissue level (cavity and gliosis mixed);
+   like CSF in any contrast), in some draws exactly a CSF class's level and texture (a cavity
+   told from CSF by shape and place alone); some lesions are mostly gliotic rim, and a smooth
+   random field pulls lesion voxels part of the way to the tissue level (cavity and gliosis
+   mixed);
    per-label texture and partial-volume blur. A share of the draws
    with a lesion is painted instead (``SynthRanges.painted``): the anatomy's own T1, with the
    real texture of a scan, gets the lesion of ``synth.synthesize_case`` (the appearance model
