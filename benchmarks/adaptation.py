@@ -1,8 +1,9 @@
 """Does fine-tuning on a few corrected cases pay off? Fine-tune on N cases of a target domain
-within a time budget, then score the domain's other cases and the source cases.
+within a time budget, then score the domain's other cases and the source cases: the
+correction-efficiency curve.
 
     python benchmarks/adaptation.py [--weights FILE] [--domain DIR | --contrast t2]
-        [--shots 1 3 10] [--minutes 2] [--eval 6] [--source DIR --source-limit 4]
+        [--shots 1 3 5 10] [--minutes 2 5] [--eval 6] [--source DIR --source-limit 4]
         [--json PATH] [--plot PNG]
 
 The target domain is by default the thick-slice clinical domain of ``real_checks.py`` (MS
@@ -10,14 +11,17 @@ patient 26's T1 anatomy, which no default weights were trained on, held-out LESY
 81-100, 4-6 mm slices); anyone can rebuild it from ``../shared/data``. ``--contrast t2``
 reverses its tissue order as in a T2 scan (lesions bright). ``--domain DIR`` takes any folder
 of cases with lesion masks instead (as ``dunet segment`` finds them, in name order), e.g. the
-real MS T1 scans of ``../shared/data/real/ms_t1``. For each N in ``--shots`` the model starts
-from ``--weights`` and trains on the domain's first N cases as the Fine-tune panel's quick mode
-does (``training.config.QUICK``: the decoder only, epochs of 10 steps of 8 stacks, 96 x 96
+real MS T1 scans of ``../shared/data/real/ms_t1``. For each N in ``--shots`` and each budget in
+``--minutes`` the model starts from ``--weights`` and is fine-tuned on the domain's first N
+cases through the Fine-tune panel's path (``training.finetune.fine_tune_events`` in its quick
+mode, ``training.config.QUICK``: the decoder only, epochs of 40 steps of 8 stacks, 96 x 96
 crops, Adam 3e-5, normalisation statistics kept, 2 synthetic rehearsal cases per corrected
-case (20 at most) mixed in, the dtype measured fastest, stopped by ``--minutes``; options
-change each), and is scored on the ``--eval`` cases after the largest N (never trained on) and,
-with ``--source``, on cases of the domain it was trained on (forgetting). Prints a table, writes
-JSON and a curve of DSC against N. Not a test: nothing asserts a figure.
+case (20 at most) mixed in, ``HOLD_BACK`` of the corrected data held back to check on, the
+dtype measured fastest; options change each). The run keeps its starting weights unless an
+epoch beat them on the held-back data; the weights it ends with are scored on the ``--eval``
+cases after the largest N (never trained on) and, with ``--source``, on cases of the domain
+the starting weights were trained on (forgetting). Prints a table, writes JSON and a curve of
+DSC against N. Not a test: nothing asserts a figure.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from napari_dunet.cpu_dtype import cpu_name  # noqa: E402
 from napari_dunet.io import find_cases, load_volume  # noqa: E402
 from napari_dunet.options import TRAIN_LAYERS  # noqa: E402
 from napari_dunet.training.config import (  # noqa: E402
-    MAX_REHEARSAL, QUICK, QUICK_REHEARSAL_PER_CASE, rehearsal_count)
+    HOLD_BACK, MAX_REHEARSAL, QUICK, QUICK_REHEARSAL_PER_CASE, rehearsal_count)
 from napari_dunet.weights import default_checkpoint  # noqa: E402
 
 
@@ -54,22 +58,13 @@ def mean_dsc(weights: Path, cases: list[tuple], device: str) -> tuple[float, lis
 
 def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, device: str,
               rehearsal: int = 0, **options) -> dict:
-    """Fine-tune ``weights`` on ``cases`` for ``minutes`` (``options``: more ``TrainConfig``
-    fields); what the engine reports."""
+    """Fine-tune ``weights`` on ``cases`` for ``minutes`` as the panel does (``options``: more
+    ``TrainConfig`` fields); what the run reports, and the weights it ends with."""
     from napari_dunet.inference import resolve_device
     from napari_dunet.training.config import TrainConfig
-    from napari_dunet.training.data import prepare_case
-    from napari_dunet.training.engine import train
+    from napari_dunet.training.engine import StepProgress, drive
+    from napari_dunet.training.finetune import CorrectedCase, fine_tune_events
 
-    from napari_dunet.segmentation import checkpoint_preprocessing
-
-    scheme = checkpoint_preprocessing(read_metadata(weights))  # a fine-tune keeps it
-    prepared = [prepare_case(image.data, mask.data, image.affine, name, scheme=scheme)
-                for name, image, mask in cases]
-    if rehearsal:
-        from napari_dunet.training.synthetic import rehearsal_cases
-
-        prepared += rehearsal_cases(rehearsal, scheme=scheme)
     dtype = "fp32"
     if resolve_device(device).type == "cpu":
         from napari_dunet.cpu_dtype import measured_dtype
@@ -79,14 +74,19 @@ def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, devi
         model = build_model(read_metadata(weights)["model"])
         dtype = "bf16" if measured_dtype(prepare_model(model, resolve_device(device)))["dtype"] \
             == "mixed" else "fp32"
-    config = TrainConfig(**{**QUICK, "model": read_metadata(weights)["model"], "patience": 0,
-                            "max_minutes": minutes, "device": device, "precision": dtype,
-                            "preprocessing": scheme, **options})
+    config = TrainConfig(**{**QUICK, "patience": 0, "max_minutes": minutes, "device": device,
+                            "precision": dtype, **options})
+    pairs = [CorrectedCase(name, image, mask.data) for name, image, mask in cases]
+    steps = []
     started = time.perf_counter()
-    result = train(prepared, [], config, out, init=weights)
+    result = drive(fine_tune_events(pairs, config, out, weights, hold_back=HOLD_BACK,
+                                    rehearsal=rehearsal),
+                   lambda e: steps.append(1) if isinstance(e, StepProgress) else None)
     return {"epochs": result.epochs_completed, "rehearsal_cases": rehearsal,
-            "steps": result.epochs_completed * config.steps_per_epoch,
-            "dtype": dtype, "stop": result.stop_reason,
+            "steps": len(steps), "dtype": dtype, "stop": result.stop_reason,
+            "held_back_start": result.start_val_dsc, "held_back_best": result.best_val_dsc,
+            "kept_start": not result.improved,
+            "weights": str(result.checkpoint or weights),
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -110,21 +110,23 @@ def plot(results: dict, path: Path) -> None:
 
     fig = Figure(figsize=(5, 3.4), layout="constrained")
     ax = fig.add_subplot()
-    shots = [r["shots"] for r in results["runs"]]
-    ax.axhline(results["before"]["target_dsc"], color="tab:blue", linestyle="--",
-               label="target domain, before")
-    ax.plot(shots, [r["target_dsc"] for r in results["runs"]], "o-", color="tab:blue",
-            label="target domain, after")
-    if results["before"].get("source_dsc") is not None:
-        ax.axhline(results["before"]["source_dsc"], color="tab:gray", linestyle="--",
-                   label="source cases, before")
-        ax.plot(shots, [r["source_dsc"] for r in results["runs"]], "s-", color="tab:gray",
-                label="source cases, after")
+    before = results["before"]
+    ax.axhline(before["target_dsc"], color="tab:blue", linestyle="--", label="target, before")
+    if before.get("source_dsc") is not None:
+        ax.axhline(before["source_dsc"], color="tab:gray", linestyle="--", label="source, before")
+    for minutes, style in zip(results["minutes"], ("o-", "s-", "^-", "v-")):
+        runs = [r for r in results["runs"] if r["minutes"] == minutes]
+        shots = [r["shots"] for r in runs]
+        ax.plot(shots, [r["target_dsc"] for r in runs], style, color="tab:blue",
+                label=f"target, {minutes:g} min")
+        if before.get("source_dsc") is not None:
+            ax.plot(shots, [r["source_dsc"] for r in runs], style, color="tab:gray",
+                    label=f"source, {minutes:g} min")
     ax.set_xlabel("corrected cases fine-tuned on")
     ax.set_ylabel("mean DSC")
     ax.set_ylim(0, 1)
-    ax.set_xticks(shots)
-    ax.set_title(f"{results['minutes']:g} min of fine-tuning, {results['cpu']}", fontsize=9)
+    ax.set_xticks(sorted({r["shots"] for r in results["runs"]}))
+    ax.set_title(f"{results['domain']}, {results['cpu']}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.savefig(path, dpi=110)
 
@@ -138,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contrast", choices=("t1", "t2"), default="t1",
                         help="the clinical domain's contrast: t1 (as real_checks.py builds it) or "
                              "t2 (its tissue order reversed, real_checks.t2_like; default t1)")
-    parser.add_argument("--shots", type=int, nargs="+", default=[1, 3, 10], metavar="N")
-    parser.add_argument("--minutes", type=float, default=QUICK["max_minutes"],
-                        help=f"fine-tuning budget per run (default {QUICK['max_minutes']:g})")
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 3, 5, 10], metavar="N")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[QUICK["max_minutes"], 5.0],
+                        metavar="M", help=f"fine-tuning budgets per run (default "
+                                          f"{QUICK['max_minutes']:g} 5)")
     parser.add_argument("--eval", type=int, default=6, metavar="K",
                         help="target-domain cases scored (after the largest N; default 6)")
     parser.add_argument("--source", type=Path, metavar="DIR",
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"weights": str(args.weights),
                "domain": str(args.domain) if args.domain else f"clinical-{args.contrast}",
-               "cpu": cpu_name(), "minutes": args.minutes,
+               "cpu": cpu_name(), "minutes": args.minutes, "hold_back": HOLD_BACK,
                "options": {k: getattr(args, k) for k in
                            ("freeze_norm", "train_layers", "lr", "warmup_steps",
                             "rehearsal_per_case")},
@@ -200,25 +203,34 @@ def main(argv: list[str] | None = None) -> int:
                "source_cases": [name for name, _, _ in source],
                "before": scores(args.weights), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.shots:
-            out = Path(tmp) / f"tuned_{n}.safetensors"
-            run = fine_tune(args.weights, train_pool[:n] + mixed, args.minutes, out, args.device,
-                            rehearsal=rehearsal_count(n, args.rehearsal_per_case),
-                            freeze_norm=args.freeze_norm, train_layers=args.train_layers,
-                            lr=args.lr, warmup_steps=args.warmup_steps)
-            results["runs"].append({"shots": n, **run, **scores(out)})
-            print(f"N={n}: {run['epochs']} epochs in {run['seconds']:.0f} s, target DSC "
-                  f"{results['runs'][-1]['target_dsc']:.3f}", file=sys.stderr, flush=True)
+        for minutes in args.minutes:
+            for n in args.shots:
+                out = Path(tmp) / f"tuned_{n}_{minutes:g}.safetensors"
+                run = fine_tune(args.weights, train_pool[:n] + mixed, minutes, out, args.device,
+                                rehearsal=rehearsal_count(n, args.rehearsal_per_case),
+                                freeze_norm=args.freeze_norm, train_layers=args.train_layers,
+                                lr=args.lr, warmup_steps=args.warmup_steps)
+                same = run["kept_start"]  # the starting weights: their scores are known
+                results["runs"].append({"shots": n, "minutes": minutes, **run,
+                                        **(results["before"] if same else
+                                           scores(Path(run["weights"])))})
+                print(f"N={n}, {minutes:g} min: {run['steps']} steps in {run['seconds']:.0f} s, "
+                      f"held-back {run['held_back_start']:.3f} -> {run['held_back_best']:.3f}"
+                      f"{' (start kept)' if same else ''}, target DSC "
+                      f"{results['runs'][-1]['target_dsc']:.3f}", file=sys.stderr, flush=True)
 
     b = results["before"]
-    print(f"fine-tuning {args.weights.name} on {results['domain']}; "
-          f"{args.minutes:g} min per run; CPU {results['cpu']}")
-    print(f"{'N':>3} {'epochs':>6} {'target DSC':>11} {'change':>7} {'source DSC':>11} {'change':>7}")
+    print(f"fine-tuning {args.weights.name} on {results['domain']}; CPU {results['cpu']}")
+    print(f"{'N':>3} {'min':>4} {'steps':>5} {'held back':>15} {'kept':>5} {'target DSC':>11} "
+          f"{'change':>7} {'source DSC':>11} {'change':>7}")
     src = (lambda v: f"{v:>11.3f}") if source else (lambda v: f"{'-':>11}")
-    print(f"{0:>3} {0:>6} {b['target_dsc']:>11.3f} {'':>7} {src(b['source_dsc'])} {'':>7}")
+    print(f"{0:>3} {'-':>4} {'-':>5} {'-':>15} {'-':>5} {b['target_dsc']:>11.3f} {'':>7} "
+          f"{src(b['source_dsc'])} {'':>7}")
     for r in results["runs"]:
         d_src = f"{r['source_dsc'] - b['source_dsc']:>+7.3f}" if source else f"{'-':>7}"
-        print(f"{r['shots']:>3} {r['epochs']:>6} {r['target_dsc']:>11.3f} "
+        held = f"{r['held_back_start']:.3f} -> {r['held_back_best']:.3f}"
+        print(f"{r['shots']:>3} {r['minutes']:>4g} {r['steps']:>5} {held:>15} "
+              f"{'start' if r['kept_start'] else 'new':>5} {r['target_dsc']:>11.3f} "
               f"{r['target_dsc'] - b['target_dsc']:>+7.3f} {src(r['source_dsc'])} {d_src}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -34,6 +34,22 @@ def add_case(viewer, seed, shape=(40, 48, 12)):
     return image_layer, labels
 
 
+@pytest.fixture
+def scores(monkeypatch):
+    """The held-back DSC the engine reports: the start, then each epoch (the panel's choice is
+    tested here; the engine's scoring in test_training.py)."""
+    from napari_dunet.training import engine
+
+    values = []
+
+    def validate(self, cancel):
+        value = values.pop(0) if len(values) > 1 else values[0]  # the last one repeats
+        return value, value
+
+    monkeypatch.setattr(engine._Trainer, "_validate", validate)
+    return values
+
+
 def make_widget(viewer, tmp_path, epochs):
     from napari_dunet._widgets.finetune import FinetuneWidget
 
@@ -46,11 +62,12 @@ def make_widget(viewer, tmp_path, epochs):
 
 
 def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
-        make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):
+        make_napari_viewer, qtbot, tmp_path, tiny_checkpoint, scores):
     from napari_dunet._widgets.segment import SegmentWidget
 
+    scores += [0.2, 0.3, 0.4]  # better after every epoch
     viewer = make_napari_viewer()
-    for seed in range(3):
+    for seed in range(2):
         add_case(viewer, seed)
     segment = SegmentWidget(viewer)
     widget = make_widget(viewer, tmp_path, epochs=2)
@@ -60,8 +77,8 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
     for image, labels in zip(viewer.layers[0::2], viewer.layers[1::2]):
         widget._image.value, widget._mask.value = image, labels
         widget.add_current_pair()
-    assert len(widget._pairs.choices) == 3
-    widget._val.value = 1
+    assert len(widget._pairs.choices) == 2
+    assert widget._hold_back.value == 20  # slices of each pair are held back to check on
     steps = []
     widget._progress.changed.connect(steps.append)
 
@@ -72,15 +89,16 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
     out = tmp_path / "tuned.safetensors"
     assert widget._progress.value == widget._progress.max
     assert len(set(steps)) >= 4  # 4 steps
-    assert widget._plot.epochs[0] == [1, 2]
     assert widget._plot.loss_axes.lines[0].get_marker() == "."  # few steps: each one shown
-    assert all(0 <= d <= 1 for d in widget._plot.epochs[2])  # validation DSC plotted
-    assert "Trained 2 epochs" in widget._status.value
+    assert widget._plot.epochs[0] == [0, 1, 2] and widget._plot.epochs[2] == [0.2, 0.3, 0.4]
+    assert widget._status.value == ("held-back DSC 0.200 -> 0.400; 'Segment lesion' now uses "
+                                    "tuned.safetensors")
+    assert "Trained 2 epochs" in widget._status.tooltip
     assert model_store.current_checkpoint() == out
     assert segment._weights.value == out  # "Segment lesion" follows the store
     _, meta = load_checkpoint(out)
     assert meta["model"] == "dunet-tiny" and meta["training"]["init"] == str(tiny_checkpoint)
-    assert meta["training"]["cases"] == {"train": 4, "validation": 1}  # 2 pairs, 2 synthetic
+    assert meta["training"]["cases"] == {"train": 4, "validation": 2}  # 2 pairs, 2 synthetic
     assert meta["training"]["case_names"][-2:] == ["rehearsal-0", "rehearsal-1"]
     config = meta["training"]["config"]
     assert config["max_minutes"] == 2  # the panel's default time limit (quick mode)
@@ -95,9 +113,27 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
     assert viewer.layers[-1].data.shape == viewer.layers["t1-0"].data.shape
 
 
-def test_stop_keeps_the_last_completed_epoch(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):
+def test_a_run_that_does_not_beat_the_start_keeps_the_model(make_napari_viewer, qtbot, tmp_path,
+                                                            tiny_checkpoint, scores):
+    scores += [0.5, 0.45, 0.5]  # the start is never beaten
+    viewer = make_napari_viewer()
+    add_case(viewer, 0)
+    widget = make_widget(viewer, tmp_path, epochs=2)
+    out = widget._out.value
+    widget.start()
+    qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=TIMEOUT_MS)
+    assert widget._status.value == ("starting model kept: held-back DSC 0.500, fine-tuned "
+                                    "0.500 at best")
+    assert "Kept the starting weights" in widget._status.tooltip
+    assert model_store.current_checkpoint() == tiny_checkpoint and not out.exists()
+    assert widget._out.value == out  # nothing written: the name stays free
+
+
+def test_stop_keeps_the_last_completed_epoch(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint,
+                                             scores):
     from napari_dunet.training.engine import EpochMetrics
 
+    scores += [0.1, 0.2]
     viewer = make_napari_viewer()
     add_case(viewer, 0)
     widget = make_widget(viewer, tmp_path, epochs=200)
@@ -105,11 +141,12 @@ def test_stop_keeps_the_last_completed_epoch(make_napari_viewer, qtbot, tmp_path
     worker = widget._runner.worker
     worker.yielded.connect(lambda e: widget.stop() if isinstance(e, EpochMetrics) else None)
     qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=TIMEOUT_MS)
-    assert "Stopped during epoch" in widget._status.value
+    assert "Stopped during epoch" in widget._status.tooltip
+    assert "held-back DSC 0.100 -> 0.200" in widget._status.value
     out = tmp_path / "tuned.safetensors"
     assert model_store.current_checkpoint() == out
     epoch = load_checkpoint(out)[1]["training"]["epoch"]
-    assert 1 <= epoch < 200 and widget._plot.epochs[0][-1] == epoch
+    assert epoch == 1 and widget._plot.epochs[0][-1] >= epoch  # the best epoch, not the last
     assert widget._progress.value < widget._progress.max
 
 
@@ -140,13 +177,31 @@ def test_mismatched_mask_is_refused_with_a_message(make_napari_viewer, qtbot, tm
     assert model_store.current_checkpoint() == tiny_checkpoint
 
 
-def test_too_few_pairs_for_validation_do_not_start(make_napari_viewer, tmp_path, tiny_checkpoint):
+def test_stop_while_preparing_is_answered_at_once(make_napari_viewer, qtbot, tmp_path,
+                                                  tiny_checkpoint, monkeypatch):
+    import threading
+    import time
+
+    from napari_dunet.training import data
+
+    release = threading.Event()
+    monkeypatch.setattr(data, "prepare_case", lambda *a, **k: release.wait(60))  # a slow pair
     viewer = make_napari_viewer()
     add_case(viewer, 0)
-    widget = make_widget(viewer, tmp_path, epochs=1)
-    widget._val.value = 1
-    widget.start()
-    assert widget._runner.worker is None and widget._start.enabled
+    widget = make_widget(viewer, tmp_path, epochs=5)
+    try:
+        widget.start()
+        qtbot.wait(300)
+        assert widget._runner.worker is not None  # still preparing
+        widget.stop()
+        stopped = time.monotonic()
+        qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=5000)  # not the minute
+        answered = time.monotonic() - stopped
+    finally:
+        release.set()
+    assert answered < 5
+    assert "Stopped while preparing" in widget._status.value and widget._start.enabled
+    assert model_store.current_checkpoint() == tiny_checkpoint
 
 
 def test_folder_pairs_are_listed(make_napari_viewer, tmp_path):

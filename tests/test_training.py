@@ -382,3 +382,112 @@ def test_bf16_training_on_cpu_stays_finite(tiny_model, tmp_path):
     assert all(math.isfinite(m.train_loss) for m in result.history)
     model, _ = load_checkpoint(result.checkpoint)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# -- checked fine-tuning -----------------------------------------------------------------------
+def base_checkpoint(model, path, trained_on=None):
+    """A starting checkpoint with the thresholds of the shipped weights' kind."""
+    from napari_dunet.checkpoint import default_metadata, save_checkpoint
+    from napari_dunet.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(model)
+    if trained_on is not None:
+        net = load_checkpoint(train(trained_on, [], config(model, epochs=1),
+                                    path.with_name("pre.safetensors")).checkpoint)[0]
+    return save_checkpoint(path, net, default_metadata(model, threshold=0.4, seed_threshold=0.6))
+
+
+def test_hold_back_keeps_blocks_of_slices_of_few_cases_and_whole_cases_of_many():
+    from napari_dunet.training.data import HOLD_BACK_BLOCK, hold_back
+
+    image, mask = make_head((40, 48, 24))
+    case = prepare_case(image, mask, AFFINE, "one", input_size=SIZE)
+    (train_part,), (held,) = hold_back([case], 0.2)
+    assert not (train_part.head & held.head).any()  # nothing is both trained and checked on
+    assert np.array_equal(train_part.head | held.head, case.head)
+    assert held.lesion.any() and train_part.lesion.any()
+    slices = np.flatnonzero(held.head)
+    runs = np.split(slices, np.flatnonzero(np.diff(slices) > 1) + 1)
+    assert all(len(run) <= HOLD_BACK_BLOCK for run in runs) and len(runs) >= 2
+    assert 0.1 <= held.head.sum() / case.head.sum() <= 0.3
+    sampler = BalancedSampler([train_part], batch_size=8)
+    picks = np.concatenate(sampler.batches(50, np.random.default_rng(0)))
+    assert not held.head[picks[:, 1]].any()  # training never draws a held-back slice
+    cases = synthetic_cases(5)
+    train_cases, val_cases = hold_back(cases, 0.2)
+    assert len(val_cases) == 1 and len(train_cases) == 4 and val_cases[0].use is None
+
+
+def test_a_fine_tune_that_cannot_improve_keeps_the_starting_weights(tiny_model, tmp_path):
+    from napari_dunet.training.data import hold_back
+    from napari_dunet.training.engine import StartScore
+
+    cases = synthetic_cases(2)
+    base = base_checkpoint(tiny_model, tmp_path / "base.safetensors", trained_on=cases)
+    train_cases, val_cases = hold_back(cases, 0.2)
+    out = tmp_path / "tuned.safetensors"
+    events = list(_events(training_events(
+        train_cases, val_cases, config(tiny_model, lr=1e-12, freeze_norm=True), out, init=base)))
+    result = events[-1]
+    assert isinstance(events[0], StartScore)  # scored before any step
+    assert result.start_val_dsc == events[0].val_dsc == result.best_val_dsc
+    assert [m.val_dsc for m in result.history] == [result.start_val_dsc] * 2  # no gain
+    assert result.checkpoint is None and not result.improved and not out.exists()
+    assert "Kept the starting weights" in result.message and "not written" in result.message
+
+
+def test_a_fine_tune_that_improves_is_saved_with_the_starting_thresholds(tiny_model, tmp_path,
+                                                                        monkeypatch):
+    from napari_dunet.io import Volume
+    from napari_dunet.training.engine import drive
+    from napari_dunet.training.finetune import CorrectedCase, fine_tune_events
+
+    scores = iter([0.2, 0.3, 0.5, 0.4])  # the start, then epochs 1-3: epoch 2 is best
+    seen = []
+
+    def validate(self, cancel):
+        seen.append(dict(self.thresholds))
+        return (s := next(scores)), s
+
+    monkeypatch.setattr(engine._Trainer, "_validate", validate)
+    base = base_checkpoint(tiny_model, tmp_path / "base.safetensors")
+    heads = [make_head(shape, seed=i) for i, shape in enumerate(SHAPES[:2])]
+    pairs = [CorrectedCase(f"c{i}", Volume(image, AFFINE), mask)
+             for i, (image, mask) in enumerate(heads)]
+    out = tmp_path / "tuned.safetensors"
+    result = drive(fine_tune_events(pairs, config(tiny_model, epochs=3), out, base,
+                                    hold_back=0.2))
+    assert result.checkpoint == out and result.improved and result.best_epoch == 2
+    assert [m.saved for m in result.history] == [True, True, False]
+    assert "0.500, 0.200 at the start" in result.message
+    assert seen == [{"threshold": 0.4, "seed_threshold": 0.6}] * 4  # checked as it segments
+    meta = read_metadata(out)
+    assert (meta["threshold"], meta["seed_threshold"]) == (0.4, 0.6)  # kept from the start
+    assert meta["training"]["start_val_dsc"] == 0.2 and meta["training"]["epoch"] == 2
+    assert meta["training"]["cases"] == {"train": 2, "validation": 2}  # slices of both
+
+
+def test_stop_while_preparing_is_answered_at_once(tiny_model, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from napari_dunet.training import data
+    from napari_dunet.training.engine import drive
+    from napari_dunet.training.finetune import CorrectedCase, fine_tune_events
+    from napari_dunet.io import Volume
+
+    release = threading.Event()
+    monkeypatch.setattr(data, "prepare_case", lambda *a, **k: release.wait(60))  # a slow case
+    image, mask = make_head()
+    stop_at = time.monotonic() + 0.3
+    started = time.monotonic()
+    try:
+        result = drive(fine_tune_events([CorrectedCase("c", Volume(image, AFFINE), mask)],
+                                        config(tiny_model), tmp_path / "m.safetensors", None,
+                                        hold_back=0.2, cancel=lambda: time.monotonic() > stop_at))
+    finally:
+        release.set()
+    assert time.monotonic() - started < 10  # not the minute the preparation would have taken
+    assert result.stop_reason == "cancelled" and "while preparing" in result.message
+    assert result.checkpoint is None and not (tmp_path / "m.safetensors").exists()

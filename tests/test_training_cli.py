@@ -57,12 +57,30 @@ def test_fine_tune_takes_the_model_from_the_initial_checkpoint(dataset, tmp_path
     tuned = tmp_path / "tuned.safetensors"
     images = [str(dataset / f"sub-0{i}_T1w.nii.gz") for i in (1, 2)]  # files, masks beside them
     assert main(["train", "--data", *images, "--out", str(tuned), "--init", str(base),
-                 "--epochs", "1", "--optimizer", "sgd", "--loss", "dice", "--val-fraction", "0.5",
+                 "--epochs", "1", "--optimizer", "sgd", "--loss", "dice", "--val-fraction", "0",
                  *FAST]) == 0
     _, meta = load_checkpoint(tuned)
     assert meta["model"] == tiny_model and meta["training"]["init"] == str(base)
     assert meta["training"]["config"]["optimizer"] == "sgd"
-    assert meta["training"]["cases"] == {"train": 1, "validation": 1}
+    assert meta["training"]["cases"] == {"train": 2, "validation": 0}
+
+
+def test_a_fine_tune_that_does_not_beat_its_start_writes_nothing(dataset, tmp_path, tiny_model,
+                                                                 capsys):
+    from napari_dunet.checkpoint import default_metadata, save_checkpoint
+    from napari_dunet.models import build_model
+
+    base = save_checkpoint(tmp_path / "base.safetensors", build_model(tiny_model),
+                           default_metadata(tiny_model, threshold=0.3, seed_threshold=0.99))
+    tuned = tmp_path / "tuned.safetensors"
+    images = [str(dataset / f"sub-0{i}_T1w.nii.gz") for i in (1, 2)]
+    assert main(["train", "--data", *images, "--out", str(tuned), "--init", str(base),
+                 "--epochs", "2", "--lr", "1e-12", "--freeze-norm", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "of each case's slices held back" in printed
+    assert [line.split()[0] for line in printed.splitlines() if line.startswith("start")]
+    assert "Kept the starting weights: no epoch beat" in printed
+    assert not tuned.exists()
 
 
 def test_max_minutes_stops_on_time_with_a_usable_checkpoint(dataset, tmp_path, tiny_model,

@@ -2,20 +2,21 @@
 
 The user's loop: segment, correct the Labels layer by hand, fine-tune on the corrected cases,
 segment again. Training pairs are (Image layer, Labels layer) pairs and labelled cases from a
-folder. Training runs in a napari generator worker that yields the engine's events (progress
-bar, live plot of training loss and validation DSC) while the viewer stays responsive; Stop
-ends it after the current step. On finish or Stop the best saved checkpoint becomes the model
-of "Segment lesion" (``model_store.set_checkpoint``). torch is imported only in the worker.
+folder. ``training.finetune.fine_tune_events`` runs in a napari generator worker and yields
+its events (progress bar, live plot of training loss and held-back DSC) while the viewer stays
+responsive; Stop is answered within a step (under a second in quick mode). The new model
+becomes the model of "Segment lesion" (``model_store.set_checkpoint``) only when it beat the
+starting weights on the held-back data; the status says which. torch is imported only in the
+worker.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generator
-
-import time
 
 import napari
 import numpy as np
@@ -25,11 +26,12 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import model_store
 from ..errors import DunetError, InputError
-from ..io import Case, Volume
+from ..io import Case
 from ..layers import layer_volume, same_grid_kwargs
 from ..options import DEVICES, LOSSES, TRAIN_LAYERS
-from ..training.config import (MAX_REHEARSAL, QUICK, QUICK_REHEARSAL_PER_CASE, TrainConfig,
-                               rehearsal_count)
+from ..training.config import (HOLD_BACK, MAX_REHEARSAL, QUICK, QUICK_REHEARSAL_PER_CASE,
+                               TrainConfig, rehearsal_count)
+from ..training.finetune import CorrectedCase, Preparing
 from .layout import Panel, elided_label
 from .runner import JobRunner, failure
 
@@ -38,68 +40,25 @@ PROGRESS_STEPS = 1000
 
 
 @dataclass
-class LayerPair:
-    """An image and its corrected mask, copied out of the viewer (no napari objects)."""
-
-    name: str
-    volume: Volume
-    mask: np.ndarray
-
-
-@dataclass
-class Preparing:
-    """Progress of reading and preprocessing the training pairs."""
-
-    done: int
-    total: int
-
-
-@dataclass
 class FinetuneJob:
-    """What a run needs, collected in the GUI thread."""
+    """What a run needs, collected in the GUI thread (no napari objects)."""
 
-    pairs: list[LayerPair | Case]
+    pairs: list[CorrectedCase | Case]
     config: TrainConfig
     out: Path
     init: Path | None
-    val_pairs: int = 0
+    hold_back: float = HOLD_BACK
     rehearsal: int = 0  # synthetic cases mixed in against forgetting
     notes: list[str] = field(default_factory=list)
 
 
 def finetune_events(job: FinetuneJob, cancel: Any = None) -> Generator[Any, None, Any]:
-    """Prepare the pairs, then train (Qt-free; runs in the worker thread).
+    """``training.finetune.fine_tune_events`` for ``job`` (runs in the worker thread)."""
+    from ..training.finetune import fine_tune_events
 
-    Yields ``Preparing`` and the engine's ``StepProgress``/``EpochMetrics``; returns its
-    ``TrainResult``.
-    """
-    from ..checkpoint import read_metadata
-    from ..segmentation import checkpoint_preprocessing
-    from ..training.data import load_case, prepare_case, split_cases
-    from ..training.engine import training_events
-
-    if job.init is not None:  # the starting model's network and preprocessing
-        metadata = read_metadata(job.init)
-        job.config.model = metadata["model"]
-        job.config.preprocessing = checkpoint_preprocessing(metadata)
-    size, scheme = job.config.input_size, job.config.preprocessing
-    cases, total = [], len(job.pairs) + job.rehearsal
-    for pair in job.pairs:
-        if cancel is not None and cancel():
-            return None
-        cases.append(prepare_case(pair.volume.data, pair.mask, pair.volume.affine, pair.name, size,
-                                  scheme) if isinstance(pair, LayerPair)
-                     else load_case(pair, size, scheme))
-        yield Preparing(len(cases), total)
-    fraction = job.val_pairs / len(cases) if job.val_pairs else 0.0
-    train_cases, val_cases = split_cases(cases, fraction, job.config.seed)
-    if job.rehearsal:
-        from ..training.synthetic import rehearsal_cases
-
-        train_cases += rehearsal_cases(job.rehearsal, job.config.seed, size, scheme)
-        yield Preparing(total, total)
-    return (yield from training_events(train_cases, val_cases, job.config, job.out,
-                                       init=job.init, cancel=cancel))
+    return (yield from fine_tune_events(job.pairs, job.config, job.out, job.init,
+                                        hold_back=job.hold_back, rehearsal=job.rehearsal,
+                                        cancel=cancel))
 
 
 def _has_nilearn() -> bool:
@@ -146,7 +105,7 @@ class FinetuneWidget(Panel):
                                       "have head slices")
         self._minutes = SpinBox(label="Minutes", value=int(defaults.max_minutes), min=0, max=10_000,
                                 tooltip="Stop after this many minutes (0: no limit); the epoch "
-                                        "running then ends early and its model is saved")
+                                        "running then ends early and is checked")
         self._freeze_norm = CheckBox(text="Keep normalisation statistics", value=defaults.freeze_norm, tooltip=(
             "Few-case fine-tuning: the BatchNorm layers keep the statistics of the starting "
             "model (a few batches would replace them and break the model)"))
@@ -157,8 +116,11 @@ class FinetuneWidget(Panel):
             tooltip=f"Synthetic cases per training pair (MNI152 template, made-up lesions; "
                     f"{MAX_REHEARSAL} at most) trained on beside yours, so that the model forgets less of what "
                     "it knew; needs nilearn (pip install 'napari-dunet[synth]')")
-        self._val = SpinBox(label="Validation", value=0, min=0, max=100,
-                            tooltip="Pairs held out to measure DSC after every epoch")
+        self._hold_back = SpinBox(
+            label="Held back %", value=round(100 * HOLD_BACK), min=10, max=50,
+            tooltip="Share of the corrected data kept out of training (slices of each pair; "
+                    "whole pairs from 4 pairs on). The starting model is scored on it first and "
+                    "after every epoch; the new model is used only if it scores better there")
         self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self._out = FileEdit(label="Save to", mode="w", filter="*.safetensors",
                              value=default_output())
@@ -169,7 +131,8 @@ class FinetuneWidget(Panel):
         self.extend([self._image, self._mask, self._add_pair, self._add_folder, self._pairs,
                      self._remove, self._layers, self._epochs, self._lr, self._loss, self._batch,
                      self._crop, self._steps,
-                     self._minutes, self._freeze_norm, self._rehearsal, self._val, self._device,
+                     self._minutes, self._freeze_norm, self._rehearsal, self._hold_back,
+                     self._device,
                      self._out, self._start, self._stop, self._progress, self._status])
         self._plot = TrainingPlot()
         self.add_native(self._plot.canvas)
@@ -181,6 +144,7 @@ class FinetuneWidget(Panel):
         self._runner = JobRunner(self, self._set_running)
         self._job: FinetuneJob | None = None
         self._saved, self._started = False, 0.0
+        self._start_dsc: float | None = None  # the starting model's held-back DSC
 
         self._add_pair.changed.connect(self.add_current_pair)
         self._add_folder.changed.connect(self._folder_clicked)
@@ -244,7 +208,7 @@ class FinetuneWidget(Panel):
                 raise InputError("Choose an Image layer and its corrected Labels layer (or add "
                                  "training pairs) first.")
             sources = {f"{image.name} + {labels.name}": (image, labels)}
-        pairs: list[LayerPair | Case] = []
+        pairs: list[CorrectedCase | Case] = []
         for name, source in sources.items():
             if isinstance(source, Case):
                 pairs.append(source)
@@ -255,21 +219,20 @@ class FinetuneWidget(Panel):
             if image.ndim != 3 or image.rgb:
                 raise InputError(f"'{image.name}' is not a 3D single-channel image.")
             volume = layer_volume(image.data, image.metadata, same_grid_kwargs(image))
-            pairs.append(LayerPair(name, volume, (np.asarray(labels.data) > 0).astype(np.uint8)))
+            pairs.append(CorrectedCase(name, volume,
+                                       (np.asarray(labels.data) > 0).astype(np.uint8)))
         try:
             lr = float(self._lr.value)
         except ValueError:
             raise InputError(f"The learning rate {self._lr.value!r} is not a number.") from None
-        if self._val.value >= len(pairs):
-            raise InputError(f"{self._val.value} validation pair(s) leave nothing to train on: "
-                             f"add pairs or hold out fewer (there are {len(pairs)}).")
         config = TrainConfig(**{
             "epochs": int(self._epochs.value), "lr": lr, "loss": self._loss.value,
             "device": self._device.value, "batch_size": int(self._batch.value),
             "steps_per_epoch": int(self._steps.value) or None,
             "train_layers": self._layers.value, "crop_size": int(self._crop.value) or None,
             "max_minutes": float(self._minutes.value) or None,
-            "freeze_norm": bool(self._freeze_norm.value), **self.config_overrides})
+            "freeze_norm": bool(self._freeze_norm.value),
+            "val_batch_size": QUICK["val_batch_size"], **self.config_overrides})
         config.check()
         out = Path(self._out.value)
         if out.suffix != ".safetensors":
@@ -277,9 +240,9 @@ class FinetuneWidget(Panel):
         init = model_store.current_checkpoint()
         notes = [] if init is not None else [
             "No weights are loaded, so a new model is trained from scratch."]
-        val = int(self._val.value)
-        rehearsal = rehearsal_count(len(pairs) - val, int(self._rehearsal.value))
-        return FinetuneJob(pairs, config, out, init, val, rehearsal, notes)
+        rehearsal = rehearsal_count(len(pairs), int(self._rehearsal.value))
+        return FinetuneJob(pairs, config, out, init, self._hold_back.value / 100, rehearsal,
+                           notes)
 
     # -- running ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -294,17 +257,18 @@ class FinetuneWidget(Panel):
         for note in job.notes:
             show_info(note)
         self._job, self._saved, self._started = job, False, time.monotonic()
-        self._plot.clear(validation=job.val_pairs > 0)
+        self._start_dsc = None
+        self._plot.clear(validation=True)
         self._runner.start(finetune_events, job, yielded=self._on_event,
                            returned=self._on_finished, aborted=lambda: self._on_finished(None),
                            errored=self._on_error)
         self._status.value = "preparing the training pairs"
 
     def stop(self) -> None:
-        """Stop after the current step; the last completed epoch's model is kept."""
+        """Stop (within a step); a saved model that beat the starting one is kept."""
         self._runner.stop()
         self._stop.enabled = False
-        self._status.value = "stopping after this step"
+        self._status.value = "stopping"
 
     def _set_running(self, running: bool) -> None:
         self._start.enabled = not running
@@ -313,10 +277,14 @@ class FinetuneWidget(Panel):
             self._progress.value = 0
 
     def _on_event(self, event: Any) -> None:
-        from ..training.engine import EpochMetrics, StepProgress
+        from ..training.engine import EpochMetrics, StartScore, StepProgress
 
         if isinstance(event, Preparing):
-            self._status.value = f"preparing pair {event.done} of {event.total}"
+            self._status.value = f"prepared {event.done} of {event.total} cases"
+        elif isinstance(event, StartScore):
+            self._start_dsc = event.val_dsc
+            self._plot.add_epoch(0, float("nan"), event.val_dsc)
+            self._status.value = f"starting model: held-back DSC {event.val_dsc:.3f}"
         elif isinstance(event, StepProgress):
             fraction = event.done / max(event.total, 1)
             minutes = self._job.config.max_minutes if self._job is not None else None
@@ -328,22 +296,36 @@ class FinetuneWidget(Panel):
         elif isinstance(event, EpochMetrics):
             self._saved = self._saved or event.saved
             self._plot.add_epoch(event.epoch, event.train_loss, event.val_dsc)
-            dsc = f", validation DSC {event.val_dsc:.3f}" if event.val_dsc is not None else ""
+            dsc = "" if event.val_dsc is None else f", held-back DSC {event.val_dsc:.3f}" + (
+                "" if self._start_dsc is None else f" (start {self._start_dsc:.3f})")
             self._status.value = f"epoch {event.epoch}: loss {event.train_loss:.3f}{dsc}"
 
     def _on_finished(self, result: Any) -> None:
-        """Hand the saved model to "Segment lesion" and get a fresh file name for the next run."""
+        """Hand a model that beat the starting one to "Segment lesion" (and get a fresh file
+        name for the next run), or say that the starting model stays."""
         job = self._job
         checkpoint = result.checkpoint if result is not None else (
             job.out if self._saved and job.out.is_file() else None)
         message = result.message if result is not None else "Fine-tuning stopped."
-        self._status.value = message
+        best = result.best_val_dsc if result is not None else None
+        start = self._start_dsc
         if checkpoint is not None:
             model_store.set_checkpoint(checkpoint)
             self._out.value = default_output()
-            show_info(f"{message} 'Segment lesion' now uses {checkpoint.name}.")
+            scores = (f"held-back DSC {start:.3f} -> {best:.3f}; " if None not in (start, best)
+                      else "")
+            status = f"{scores}'Segment lesion' now uses {checkpoint.name}"
+        elif start is not None:
+            tried = [m.val_dsc for m in (result.history if result is not None else [])
+                     if m.val_dsc is not None]
+            after = f", fine-tuned {max(tried):.3f} at best" if tried else ""
+            status = f"starting model kept: held-back DSC {start:.3f}{after}"
         else:
-            show_info(message)
+            status = message
+        self._status.value = status
+        self._status.tooltip = message
+        show_info(message if checkpoint is None else f"{message} 'Segment lesion' now uses "
+                  f"{checkpoint.name}.")
 
     def _on_error(self, exc: Exception) -> None:
         kind, text = failure(exc, "Fine-tuning", "Not enough memory to fine-tune; lower the "

@@ -13,8 +13,11 @@ HELP = "Train or fine-tune a model on T1 images with lesion masks (files or BIDS
 
 EPILOG = """\
 The paper's recipe: --optimizer sgd --lr 1e-4 --batch-size 36 --epochs 150 (augmentation is on
-by default). Fine-tuning: --init CHECKPOINT (Adam, lr 1e-4 by default). Several GPUs or nodes:
-torchrun --nproc_per_node N -m napari_dunet.cli train ... (--batch-size is per process).
+by default). Fine-tuning: --init CHECKPOINT (Adam, lr 1e-4 by default): --val-fraction of the
+cases (of each case's slices, with fewer than 4 cases) is held back, the starting weights are
+scored on it first, and --output is written only by an epoch that beats them, with their
+threshold and seed threshold. Several GPUs or nodes: torchrun --nproc_per_node N -m
+napari_dunet.cli train ... (--batch-size is per process).
 """
 
 
@@ -41,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model to write (.safetensors); the resumable state goes beside it "
                              "as NAME.state.safetensors")
     parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="share of cases held out for validation (default 0.2; 0: none)")
+                        help="share of cases held out for validation (default 0.2; 0: none); "
+                             "with --init and fewer than 4 cases, of each case's slices")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help=f"stacks per step and process (default {d.batch_size})")
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import resolve_device
     from ..training.config import TrainConfig
     from ..training.distributed import Distributed
-    from ..training.engine import EpochMetrics, train
+    from ..training.engine import EpochMetrics, StartScore, drive, training_events
     from ..training.state import state_path
 
     out = args.output
@@ -141,24 +145,50 @@ def run(args: argparse.Namespace) -> int:
     try:
         log = print if dist.is_main else (lambda *a, **k: None)
         where = f"{dist.world_size} process(es) on {device.type}"
-        if args.synth:
-            train_cases, val_cases = _synthetic_cases(args, config, dist, log, where)
-        else:
-            train_cases, val_cases = _cases_from_disk(args, config, dist, log, where)
-        log(f"{'epoch':>5} {'loss':>9} {'val DSC':>8} {'global':>8} {'s':>7}  saved")
-
-        def on_epoch(event: EpochMetrics) -> None:
-            log(f"{event.epoch:>5} {event.train_loss:>9.4f} {_fmt(event.val_dsc):>8} "
-                f"{_fmt(event.val_global_dsc):>8} {event.seconds:>7.1f}  "
-                f"{'yes' if event.saved else ''}")
+        def on_event(event: object) -> None:
+            if isinstance(event, StartScore):
+                log(f"{'start':>5} {'-':>9} {_fmt(event.val_dsc):>8} "
+                    f"{_fmt(event.val_global_dsc):>8} {event.seconds:>7.1f}")
+            elif isinstance(event, EpochMetrics):
+                log(f"{event.epoch:>5} {event.train_loss:>9.4f} {_fmt(event.val_dsc):>8} "
+                    f"{_fmt(event.val_global_dsc):>8} {event.seconds:>7.1f}  "
+                    f"{'yes' if event.saved else ''}")
             sys.stdout.flush()
 
-        result = train(train_cases, val_cases, config, out, init=args.init, resume=args.resume,
-                       on_epoch=on_epoch, dist=dist)
+        header = f"{'epoch':>5} {'loss':>9} {'val DSC':>8} {'global':>8} {'s':>7}  saved"
+        if args.init is not None and args.data and not args.synth and not dist.enabled:
+            events = _fine_tune(args, config, log, where)
+        else:
+            if args.synth:
+                train_cases, val_cases = _synthetic_cases(args, config, dist, log, where)
+            else:
+                train_cases, val_cases = _cases_from_disk(args, config, dist, log, where)
+            events = training_events(train_cases, val_cases, config, out, init=args.init,
+                                     resume=args.resume, dist=dist)
+        log(header)
+        result = drive(events, on_event)
         log(result.message)
     finally:
         dist.close()
     return 0
+
+
+def _fine_tune(args: argparse.Namespace, config, log, where: str):
+    """The checked fine-tune of ``training.finetune`` on the --data cases (one process)."""
+    from ..training.data import MIN_CASES_TO_HOLD_BACK, find_training_cases
+    from ..training.finetune import fine_tune_events
+
+    cases = find_training_cases(args.data)
+    if not args.val_fraction:
+        log("--val-fraction 0: nothing is held back, so the fine-tuned model is saved without "
+            "a check against the starting weights")
+    else:
+        held = ("of the cases" if len(cases) >= MIN_CASES_TO_HOLD_BACK
+                else "of each case's slices")
+        log(f"{len(cases)} case(s), {args.val_fraction:g} {held} held back to check the "
+            f"starting and the fine-tuned weights on; {where}")
+    return fine_tune_events(cases, config, args.output, args.init, hold_back=args.val_fraction,
+                            rehearsal=args.rehearsal)
 
 
 def _cases_from_disk(args: argparse.Namespace, config, dist, log, where: str) -> tuple[list, list]:

@@ -1,8 +1,10 @@
 """Training and fine-tuning of the segmentation models (Qt-free).
 
 Modules: ``config`` (``TrainConfig``, torch-free), ``data`` (cases as slices, splits, balanced
-batches), ``augment`` (random affine augmentation), ``engine`` (``train``,
-``training_events``), ``state`` (resumable state files), ``distributed`` (``torchrun``).
+batches, ``hold_back``), ``augment`` (random affine augmentation), ``engine`` (``train``,
+``training_events``, ``drive``), ``finetune`` (the checked fine-tune of the panel and ``dunet
+train --init``), ``interrupt`` (stop requests answered at once), ``synthetic`` (drawn and
+rehearsal cases), ``state`` (resumable state files), ``distributed`` (``torchrun``).
 Nothing is imported here, so importing ``napari_dunet.training.config`` stays torch-free.
 
 Typical use::
@@ -16,5 +18,6 @@ Typical use::
                    "dunet_atlas.safetensors")
 
 ``out`` is an ordinary checkpoint (``checkpoint.load_checkpoint``); the resumable state sits
-beside it (``state.state_path``). ``dunet train`` and the "Fine-tune" widget call this.
+beside it (``state.state_path``). ``dunet train`` calls this; a fine-tune on corrected cases
+goes through ``finetune.fine_tune_events``.
 """

@@ -86,11 +86,14 @@ class TrainConfig:
 
 
 # Few-case fine-tuning on a CPU, the Fine-tune panel's default (measured by
-# benchmarks/adaptation.py, docs/training.md): the decoder learns at a low rate on crops in
-# short epochs, normalisation keeps its statistics, the clock ends the run, and
-# QUICK_REHEARSAL_PER_CASE synthetic cases per corrected case are mixed in against forgetting
-QUICK = {"train_layers": "decoder", "lr": 3e-5, "crop_size": 96, "steps_per_epoch": 10,
-         "batch_size": 8, "freeze_norm": True, "max_minutes": 2.0, "epochs": 100_000}
+# benchmarks/adaptation.py, docs/training.md): the decoder learns at a low rate on crops,
+# normalisation keeps its statistics, the clock ends the run, QUICK_REHEARSAL_PER_CASE
+# synthetic cases per corrected case are mixed in against forgetting, and every epoch is
+# checked on the held-back data in small batches (a stop is answered between two)
+QUICK = {"train_layers": "decoder", "lr": 3e-5, "crop_size": 96, "steps_per_epoch": 40,
+         "batch_size": 8, "freeze_norm": True, "max_minutes": 2.0, "epochs": 100_000,
+         "val_batch_size": 4}
+HOLD_BACK = 0.2  # share of the corrected data a fine-tune holds back to check each epoch on
 QUICK_REHEARSAL_PER_CASE = 2
 MAX_REHEARSAL = 20  # about 40 s to draw on a 2-core CPU
 

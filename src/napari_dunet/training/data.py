@@ -34,12 +34,15 @@ class TrainingCase:
     name: str
     slices: torch.Tensor  # (Z, S, S) float16, intensities in [0, 1]
     masks: torch.Tensor  # (Z, S, S) uint8, 0/1
+    # boolean (Z,): the slices this case lends (``hold_back``: training or held-back ones);
+    # None: all. The others are still read as the neighbours of a stack.
+    use: np.ndarray | None = None
 
     @property
     def head(self) -> np.ndarray:
         """Boolean (Z,): slices showing head (or lesion); the others are never sampled."""
         tissue = (self.slices > HEAD_LEVEL).float().mean(dim=(1, 2)) >= HEAD_AREA
-        return (tissue | self.lesion_slices()).numpy()
+        return self._used((tissue | self.lesion_slices()).numpy())
 
     def lesion_slices(self) -> torch.Tensor:
         return (self.masks.flatten(1) > 0).any(dim=1)
@@ -47,7 +50,10 @@ class TrainingCase:
     @property
     def lesion(self) -> np.ndarray:
         """Boolean (Z,): slices with at least one lesion pixel."""
-        return self.lesion_slices().numpy()
+        return self._used(self.lesion_slices().numpy())
+
+    def _used(self, slices: np.ndarray) -> np.ndarray:
+        return slices if self.use is None else slices & self.use
 
     def stacks(self, indices: Sequence[int]) -> torch.Tensor:
         """``(N, 4, S, S)`` float32 stacks centred on ``indices`` (zero outside the volume)."""
@@ -140,6 +146,41 @@ def split_cases(cases: Sequence[T], val_fraction: float, seed: int = 0) -> tuple
     val = sorted(order[:n_val])
     train = sorted(order[n_val:])
     return [cases[i] for i in train], [cases[i] for i in val]
+
+
+HOLD_BACK_BLOCK = 8  # network slices (about 8 mm) held back together: neighbours look alike
+MIN_CASES_TO_HOLD_BACK = 4  # fewer cases: hold back slices of each case instead of cases
+
+
+def hold_back(cases: Sequence[TrainingCase], fraction: float,
+              seed: int = 0) -> tuple[list[TrainingCase], list[TrainingCase]]:
+    """Split corrected cases into ``(training, held back)`` for a fine-tune's checks.
+
+    With ``MIN_CASES_TO_HOLD_BACK`` cases or more, whole cases (``split_cases``); with fewer,
+    every ``round(1 / fraction)``-th block of ``HOLD_BACK_BLOCK`` slices of each case's head
+    (the first of a seeded order of offsets whose blocks show lesion, where the case has any), so
+    that a single case is both trained on and checked on, on slices it did not learn from.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"the held-back share must be between 0 and 1, got {fraction}.")
+    if len(cases) >= MIN_CASES_TO_HOLD_BACK:
+        return split_cases(cases, fraction, seed)
+    period = max(2, round(1 / fraction))
+    train, held = [], []
+    for case in cases:
+        head, lesion = case.head, case.lesion
+        first = int(np.argmax(head))
+        block = (np.arange(len(head)) - first) // HOLD_BACK_BLOCK
+        offsets = np.random.default_rng([seed, len(train)]).permutation(period)
+        shown = [k for k in offsets if (lesion & (block % period == k)).any()]
+        offset = (shown or list(offsets))[0]  # the first (seeded) that shows lesion
+        back = head & (block % period == offset)
+        if not back.any() or not (head & ~back).any():
+            raise InputError(f"{case.name}: too few head slices to hold some back for the "
+                             f"fine-tune's check.")
+        train.append(TrainingCase(case.name, case.slices, case.masks, head & ~back))
+        held.append(TrainingCase(case.name, case.slices, case.masks, back))
+    return train, held
 
 
 class BalancedSampler:

@@ -6,11 +6,16 @@ callbacks. After every epoch, rank 0 writes (atomically)
 
 * ``out``: the model with the best validation DSC so far (the last model when there is no
   validation case), a checkpoint that ``checkpoint.load_checkpoint`` and segmentation read;
+  a fine-tune (``init``) with validation cases first scores its starting weights on them
+  (``StartScore``) and writes ``out`` only for an epoch that beats them, with the starting
+  checkpoint's threshold and seed threshold (validation masks are made with them too);
 * ``state_path(out)``: the last model, the optimizer and the epoch count, for ``resume``.
 
 Every epoch draws its batches and augmentations from generators seeded by (seed, epoch, rank),
 so a resumed run repeats the epochs an uninterrupted run would have done. A stop request
-(``cancel()``) abandons the running epoch; the files keep the last completed one.
+(``cancel()``) abandons the running epoch; the files keep the last completed one. In one
+process it is answered at once: a step or check in hand is left to finish on its own
+(``interrupt.interruptible``) and its result dropped.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from ..inference import Precision, precision_context, predict_slices, resolve_de
 from ..losses import get_loss
 from ..metrics import Confusion, confusion, dice
 from ..models import build_model
-from ..segmentation import checkpoint_preprocessing
+from ..segmentation import (checkpoint_preprocessing, checkpoint_seed_threshold,
+                            checkpoint_threshold, threshold_mask)
 from .augment import Augmentation, augment_batch, random_crops
 from .config import TrainConfig
 from .data import BalancedSampler, TrainingCase, make_batch
 from .distributed import Distributed
+from .interrupt import interruptible
 from .state import read_state, save_state, state_path
 
 @dataclass(frozen=True)
@@ -48,6 +55,15 @@ class StepProgress:
     loss: float
     done: int  # steps done in this run
     total: int  # steps this run will do if not stopped early
+
+
+@dataclass(frozen=True)
+class StartScore:
+    """A fine-tune's starting weights scored on the validation cases, before any step."""
+
+    val_dsc: float
+    val_global_dsc: float
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -70,9 +86,15 @@ class TrainResult:
     history: list[EpochMetrics] = field(default_factory=list)
     stop_reason: str = "completed"  # "completed", "early-stopped", "cancelled", "out-of-time"
     message: str = ""
+    start_val_dsc: float | None = None  # a fine-tune's starting weights (``StartScore``)
+
+    @property
+    def improved(self) -> bool:
+        """A model was saved, and for a checked fine-tune it beat the starting weights."""
+        return self.checkpoint is not None
 
 
-Event = StepProgress | EpochMetrics
+Event = StartScore | StepProgress | EpochMetrics
 
 
 def train(train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase],
@@ -86,17 +108,27 @@ def train(train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase]
 
     See ``training_events`` for the arguments.
     """
-    events = training_events(train_cases, val_cases, config, out, init=init, resume=resume,
-                             cancel=cancel, dist=dist)
+    def handle(event: Any) -> None:
+        if isinstance(event, StepProgress) and progress is not None:
+            progress(event.done, event.total)
+        elif isinstance(event, EpochMetrics) and on_epoch is not None:
+            on_epoch(event)
+
+    return drive(training_events(train_cases, val_cases, config, out, init=init, resume=resume,
+                                 cancel=cancel, dist=dist), handle)
+
+
+def drive(events: Generator[Any, None, TrainResult],
+          on_event: Callable[[Any], None] | None = None) -> TrainResult:
+    """Run ``training_events`` (or ``finetune.fine_tune_events``) to the end, handing every
+    event to ``on_event``; returns the ``TrainResult``."""
     while True:
         try:
             event = next(events)
         except StopIteration as stop:
             return stop.value
-        if isinstance(event, StepProgress) and progress is not None:
-            progress(event.done, event.total)
-        elif isinstance(event, EpochMetrics) and on_epoch is not None:
-            on_epoch(event)
+        if on_event is not None:
+            on_event(event)
 
 
 def training_events(train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase],
@@ -151,7 +183,9 @@ class _Trainer:
             1, math.ceil(head_slices / (config.batch_size * dist.world_size)))
         self.loss_fn = get_loss(config.loss)
         self.epoch, self.stale = 0, 0
-        self.best: dict[str, Any] | None = None  # {"epoch", "val_dsc"}
+        self.best: dict[str, Any] | None = None  # {"epoch", "val_dsc"}; epoch 0: the start
+        self.start_val_dsc: float | None = None
+        self.thresholds: dict[str, float | None] = {"threshold": 0.5, "seed_threshold": None}
         self.history: list[EpochMetrics] = []
 
         torch.manual_seed(config.seed)
@@ -162,6 +196,8 @@ class _Trainer:
                 raise CheckpointError(f"{init} expects the '{expects}' preprocessing; fine-tune "
                                       f"it with that one (TrainConfig.preprocessing), not "
                                       f"'{config.preprocessing}'.")
+            self.thresholds = {"threshold": checkpoint_threshold(metadata),
+                               "seed_threshold": checkpoint_seed_threshold(metadata)}
         else:
             model = build_model(config.model)
         self.model = model.to(self.device)
@@ -215,6 +251,8 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr
         self.epoch, self.stale, self.best = info["epoch"], info["stale_epochs"], info["best"]
+        self.start_val_dsc = info.get("start_val_dsc")
+        self.thresholds = info.get("thresholds", self.thresholds)
         self.history = [EpochMetrics(**m) for m in info["history"]]
 
     # -- the loop -------------------------------------------------------------------------------
@@ -229,6 +267,15 @@ class _Trainer:
         done = 0
         minutes = self.config.max_minutes
         deadline = None if minutes is None else time.perf_counter() + 60.0 * minutes
+        stop = None if self.dist.enabled else cancel  # every process takes every step
+        if self.init is not None and self.n_cases["validation"] and self.best is None:
+            started = time.perf_counter()
+            try:
+                start_dsc, start_global = interruptible(lambda: self._validate(cancel), stop)
+            except Cancelled:
+                return self._result("cancelled")
+            self.best, self.start_val_dsc = {"epoch": 0, "val_dsc": start_dsc}, start_dsc
+            yield StartScore(start_dsc, start_global, time.perf_counter() - started)
         for epoch in range(first, last + 1):
             started = time.perf_counter()
             if self.stream is not None and epoch > first:
@@ -246,14 +293,18 @@ class _Trainer:
             for step, picks in enumerate(self.sampler.batches(self.steps, rng), start=1):
                 if cancel is not None and cancel():
                     return self._result("cancelled")
-                losses.append(self._step(picks, generator, epoch, step))
+                try:
+                    losses.append(interruptible(
+                        lambda: self._step(picks, generator, epoch, step), stop))
+                except Cancelled:
+                    return self._result("cancelled")
                 done += 1
                 yield StepProgress(epoch, step, self.steps, losses[-1], done, total)
                 if self._out_of_time(deadline):
                     break  # this epoch ends here: validated and saved below
             loss_sum, loss_count = self.dist.sum([sum(losses), len(losses)])
             try:
-                val_dsc, val_global = self._validate(cancel)
+                val_dsc, val_global = interruptible(lambda: self._validate(cancel), stop)
             except Cancelled:
                 return self._result("cancelled")
             improved = val_dsc is None or self.best is None or val_dsc > self.best["val_dsc"]
@@ -312,17 +363,22 @@ class _Trainer:
         return value
 
     def _validate(self, cancel: Callable[[], bool] | None) -> tuple[float | None, float | None]:
-        """Mean per-case and pooled DSC over the held-out cases' head slices (192x192 space)."""
+        """Mean per-case and pooled DSC over the held-out cases' head slices (192x192 space),
+        masks made at ``self.thresholds`` (the seed rule within each run of adjacent slices)."""
         if not self.n_cases["validation"]:
             return None, None
         self.model.eval()
+        threshold, seed = self.thresholds["threshold"], self.thresholds["seed_threshold"]
         dsc_sum, pooled = 0.0, Confusion()
         for case in self.val_cases:
             head = np.flatnonzero(case.head)
             probs = predict_slices(self.model, case.stacks(head), self.device,
                                    self.config.val_batch_size, cancel=cancel,
-                                   precision=self.precision)
-            counts = confusion(probs.numpy() >= 0.5, case.masks[head].numpy())
+                                   precision=self.precision,
+                                   thresholds=(threshold, *([seed] if seed else []))).numpy()
+            runs = np.split(np.arange(len(head)), np.flatnonzero(np.diff(head) > 1) + 1)
+            masks = np.concatenate([threshold_mask(probs[run], threshold, seed) for run in runs])
+            counts = confusion(masks, case.masks[head].numpy())
             dsc_sum += dice(counts)
             pooled = pooled + counts
         dsc_sum, n, tp, fp, fn = self.dist.sum(
@@ -336,7 +392,8 @@ class _Trainer:
                 self._write(self.out, lambda: save_checkpoint(self.out, self.model, self._metadata()))
             info = {"epoch": self.epoch, "model": self.config.model, "config": asdict(self.config),
                     "history": [asdict(m) for m in self.history], "best": self.best,
-                    "stale_epochs": self.stale}
+                    "stale_epochs": self.stale, "start_val_dsc": self.start_val_dsc,
+                    "thresholds": self.thresholds}
             self._write(self.state_file,
                         lambda: save_state(self.state_file, self.model, self.optimizer, info))
         self.dist.barrier()
@@ -351,13 +408,15 @@ class _Trainer:
                                   f"({exc.__cause__ or exc}); {kept}.") from exc
 
     def _metadata(self) -> dict[str, Any]:
-        meta = default_metadata(self.config.model)
+        meta = default_metadata(self.config.model, **{
+            key: value for key, value in self.thresholds.items() if value is not None})
         meta["preprocessing"].update(input_size=self.config.input_size,
                                      scheme=self.config.preprocessing)
         last = self.history[-1]
         meta["training"] = {
             "epoch": self.epoch, "train_loss": last.train_loss, "val_dsc": last.val_dsc,
-            "val_global_dsc": last.val_global_dsc, "cases": self.n_cases,
+            "val_global_dsc": last.val_global_dsc, "start_val_dsc": self.start_val_dsc,
+            "cases": self.n_cases,
             "processes": self.dist.world_size,
             "init": str(self.init) if self.init is not None else None,
             "config": asdict(self.config)}
@@ -368,13 +427,21 @@ class _Trainer:
         return meta
 
     def _result(self, reason: str) -> TrainResult:
-        saved = self.out.is_file() and self.best is not None
         best_epoch = self.best["epoch"] if self.best else None
         best_dsc = self.best["val_dsc"] if self.best else None
+        saved = self.out.is_file() and bool(best_epoch)
         if self.best is None:
             message = "Stopped before the first epoch finished; no model was saved."
+        elif not best_epoch:  # a checked fine-tune: no epoch beat the starting weights
+            tried = [m.val_dsc for m in self.history if m.val_dsc is not None]
+            why = (f"no epoch beat their validation DSC {best_dsc:.3f} (best epoch "
+                   f"{max(tried):.3f})" if tried else
+                   f"stopped before the first epoch finished (validation DSC {best_dsc:.3f})")
+            message = f"Kept the starting weights: {why}; {self.out.name} was not written."
         else:
-            score = f" (validation DSC {best_dsc:.3f})" if best_dsc is not None else ""
+            start = (f", {self.start_val_dsc:.3f} at the start"
+                     if self.start_val_dsc is not None else "")
+            score = f" (validation DSC {best_dsc:.3f}{start})" if best_dsc is not None else ""
             kept = f"{self.out} holds the model of epoch {best_epoch}{score}."
             message = {
                 "completed": f"Trained {_epochs(self.epoch)}; ",
@@ -386,7 +453,8 @@ class _Trainer:
             }[reason] + kept
         return TrainResult(self.out if saved else None,
                            self.state_file if self.state_file.is_file() else None,
-                           self.epoch, best_epoch, best_dsc, list(self.history), reason, message)
+                           self.epoch, best_epoch, best_dsc, list(self.history), reason, message,
+                           self.start_val_dsc)
 
     def release(self) -> None:
         """Drop the model and optimizer (and free cached GPU memory)."""

@@ -17,7 +17,7 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -197,12 +197,16 @@ def rehearsal_cases(count: int, seed: int = 0, input_size: int = INPUT_SIZE,
                     scheme: str = DEFAULT_SCHEME) -> list[TrainingCase]:
     """``count`` synthetic T1 cases to mix into a fine-tune against forgetting: the MNI152
     template (needs nilearn) with procedural lesions, painted by ``synth.synthesize_case``."""
+    return list(rehearsal_draws(count, seed, input_size, scheme))
+
+
+def rehearsal_draws(count: int, seed: int = 0, input_size: int = INPUT_SIZE,
+                    scheme: str = DEFAULT_SCHEME) -> Iterator[TrainingCase]:
+    """``rehearsal_cases`` one at a time (the template is read at the first)."""
     from .. import synth
 
     anatomy = synth.load_mni_anatomy()
-    cases = []
     for index in range(count):
         image, mask = synth.synthesize_case(anatomy, None, np.random.default_rng([seed, index]))
-        cases.append(prepare_case(image.data, mask.data, image.affine, f"rehearsal-{index}",
-                                  input_size, scheme=scheme))
-    return cases
+        yield prepare_case(image.data, mask.data, image.affine, f"rehearsal-{index}",
+                           input_size, scheme=scheme)
