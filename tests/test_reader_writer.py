@@ -215,3 +215,13 @@ def test_a_scan_opens_in_axial_slices_anterior_up(make_napari_viewer, small_nift
     viewer.dims.order = (0, 1, 2)  # the user's choice stays when more files are opened
     viewer.open(small_nifti[1], plugin="napari-dunet")
     assert viewer.dims.order == (0, 1, 2)
+
+
+@pytest.mark.parametrize("key", ["t1-lesion", "t1-lesion-tracing"])
+def test_open_sample_shows_axial_slices(make_napari_viewer, key):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-dunet", key)  # File > Open Sample > napari-dunet
+    assert viewer.layers[0].name == "sample T1"
+    assert viewer.dims.order == (2, 1, 0)  # axial, not napari's sideways sagittal
+    camera = getattr(viewer, "scene", viewer).camera
+    assert tuple(str(o) for o in camera.orientation2d) == ("up", "right")

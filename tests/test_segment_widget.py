@@ -573,3 +573,28 @@ def test_radiological_view_puts_the_patients_right_on_the_left(make_napari_viewe
     assert tuple(str(o) for o in camera.orientation2d) == ("up", "left")
     widget._radiological.value = False
     assert tuple(str(o) for o in camera.orientation2d) == ("up", "right")
+
+
+def test_the_preview_colour_differs_from_a_mask_over_a_tracing(make_napari_viewer, qtbot):
+    """As napari draws them over a grey scan: the preview against red over green (where the
+    network's mask and a tracing overlap), and against each alone."""
+    from napari_dunet.layers import PREDICTION_COLORS, PREVIEW_COLORS, TRACING_COLORS
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.full((1, 40, 40), 0.5, np.float32), contrast_limits=(0, 1))
+    layers = {}
+    for name, colours in (("tracing", TRACING_COLORS), ("mask", PREDICTION_COLORS),
+                          ("preview", PREVIEW_COLORS)):
+        layers[name] = viewer.add_labels(np.ones((1, 40, 40), np.uint8), name=name, opacity=0.6)
+        layers[name].colormap = colours
+
+    def centre_colour(*shown):
+        for name, layer in layers.items():
+            layer.visible = name in shown
+        qtbot.wait(50)
+        shot = viewer.screenshot(canvas_only=True, flash=False)
+        return shot[shot.shape[0] // 2, shot.shape[1] // 2, :3].astype(float)
+
+    preview = centre_colour("preview")
+    for others in (("tracing", "mask"), ("mask",), ("tracing",)):
+        assert np.abs(centre_colour(*others) - preview).max() >= 100, others

@@ -41,7 +41,7 @@ def read_nifti(path: PathOrPaths) -> list[tuple]:
                           stacklevel=2)
         kind = "labels" if is_label_data(volume.data, p) else "image"
         layers.append(layer_data(volume, kind))
-    _axial_when_added([data[1]["name"] for data in layers])
+    _axial_when_added([data[1]["metadata"]["path"] for data in layers])
     return layers
 
 
@@ -56,10 +56,11 @@ def show_axial(viewer: Any, radiological: bool = False) -> None:
     camera.orientation2d = ("up", "left" if radiological else "right")
 
 
-def _axial_when_added(names: list[str]) -> None:
-    """Show the viewer's first 3D layers, when napari adds them, in axial slices: napari's
-    default view of a RAS+ volume is a sideways sagittal slice. A viewer that already shows 3D
-    layers keeps the view its user chose."""
+def _axial_when_added(paths: list[str]) -> None:
+    """Show the viewer's first 3D layers, when napari adds them (known by their file, as a
+    sample renames them), in axial slices: napari's default view of a RAS+ volume is a
+    sideways sagittal slice. A viewer that already shows 3D layers keeps the view its user
+    chose."""
     import sys
 
     napari = sys.modules.get("napari")  # a script reading files without napari: nothing to do
@@ -68,7 +69,7 @@ def _axial_when_added(names: list[str]) -> None:
         return
 
     def inserted(event: Any) -> None:
-        if event.value.name in names:
+        if event.value.metadata.get("path") in paths:
             viewer.layers.events.inserted.disconnect(inserted)
             show_axial(viewer)
 

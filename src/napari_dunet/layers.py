@@ -28,10 +28,11 @@ from .geometry import ras_ornt, voxel_sizes
 from .io import Volume, is_mask_name, strip_nifti_suffix
 
 NIFTI_KEYS = ("affine", "header", "path", "native_shape", "to_display")
-#: Labels colours: the network's lesion red, a current-slice preview amber, a mask opened from a
-#: file (a manual tracing, a saved correction) green, as in the overlay figures
+#: Labels colours: the network's lesion red, a current-slice preview blue, a mask opened from a
+#: file (a manual tracing, a saved correction) green, as in the overlay figures; where red lies
+#: over green napari shows a yellow-brown, which the preview must not resemble
 PREDICTION_COLORS = {0: "transparent", 1: "#ff4040", None: "#ff4040"}
-PREVIEW_COLORS = {0: "transparent", 1: "#ffb000", None: "#ffb000"}
+PREVIEW_COLORS = {0: "transparent", 1: "#40a0ff", None: "#40a0ff"}
 TRACING_COLORS = {0: "transparent", 1: "#33ff33", None: "#33ff33"}
 
 

@@ -1,6 +1,6 @@
 """Panels that fit a laptop screen: they scroll instead of growing, no control takes the width
-of its text, and long text (a path, a status line, a layer name) is elided with the whole of it
-in a tooltip."""
+of its text, long text (a path, a status line, a layer name) is elided with the whole of it
+in a tooltip, and a short result (the lesion summary) wraps onto more lines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from magicgui.widgets import Container, FileEdit, Label
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import (QComboBox, QDockWidget, QLineEdit, QMainWindow, QScrollArea,
-                            QSizePolicy, QWidget)
+                            QSizePolicy, QTabBar, QWidget)
 from superqt import QElidingLabel
 
 #: characters a combo box keeps room for (longer layer names are elided)
@@ -37,6 +37,22 @@ def elided_label(**kwargs) -> Label:
     backend._qwidget.setText(plain.text())
     plain.deleteLater()
     return label
+
+
+def wrapped_label(**kwargs) -> Label:
+    """A magicgui ``Label`` whose text wraps at word boundaries to the width it is given."""
+    label = Label(**kwargs)
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
+
+
+def full_width(*widgets: Any) -> None:
+    """Give widgets already in a panel the whole width of its rows (no row title beside them)."""
+    for widget in widgets:
+        row = widget._labeled_widget()  # magicgui's row of a title and the widget
+        if row is not None:
+            row._label_widget.visible = False
 
 
 class Panel(Container):
@@ -112,7 +128,8 @@ class _KeepWidth(QObject):
 
 def tab_with_other_panels(scroll: QScrollArea) -> None:
     """Dock a panel as a tab beside this plugin's panels already docked in the same area: a
-    laptop screen is too short for three panels stacked."""
+    laptop screen is too short for three panels stacked. The tabs show the panels' names
+    without napari's " (plugin)" and are never elided (the tab bar scrolls if it must)."""
     dock = scroll.parentWidget()
     while dock is not None and not isinstance(dock, QDockWidget):
         dock = dock.parentWidget()
@@ -125,6 +142,11 @@ def tab_with_other_panels(scroll: QScrollArea) -> None:
                 and isinstance(getattr(other.widget(), "_magic_widget", None), Panel)
                 and window.dockWidgetArea(other) == area):
             window.tabifyDockWidget(other, dock)
+            for tabbed in (other, dock):
+                tabbed.setWindowTitle(tabbed.windowTitle().split(" (")[0])
+            for bar in window.findChildren(QTabBar):
+                bar.setElideMode(Qt.TextElideMode.ElideNone)
+                bar.setUsesScrollButtons(True)
             dock.raise_()
             return
 

@@ -28,7 +28,7 @@ from ..io import Volume, strip_nifti_suffix
 from ..layers import (PREDICTION_COLORS, PREVIEW_COLORS, has_nifti_metadata, layer_volume,
                       same_grid_kwargs)
 from ..options import DEVICES, SegmentOptions
-from .layout import Panel, elided_label
+from .layout import Panel, wrapped_label
 from .runner import JobRunner, failure
 
 WHOLE, CURRENT_SLICE = "whole volume", "current slice"
@@ -159,7 +159,7 @@ class SegmentWidget(Panel):
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self._progress.native.setFormat("%v / %m slices")
-        self._summary = elided_label(label="Lesion", value="-")
+        self._summary = wrapped_label(label="Lesion", value="-")
         self._save = PushButton(text="Save mask...", tooltip="Write the lesion layer as NIfTI, "
                                 "aligned with the scan it was drawn on")
         self.extend([self._image, self._weights, self._bundled, self._device, self._scope,
