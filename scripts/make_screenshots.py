@@ -1,11 +1,14 @@
-"""Regenerate the user guide's screenshots (docs/images/guide_*.png) from the real napari viewer.
+"""Regenerate the user guide's screenshots (docs/images/guide_*.png, evaluation_widget.png) from
+the real napari viewer.
 
     xvfb-run -a -s "-screen 0 1280x800x24" python3 scripts/make_screenshots.py [--weights FILE]
 
 It opens the bundled sample the way ``dunet view`` does, in a 1280x800 window (a laptop
-screen) with all three of the plugin's panels docked. With weights (``--weights``, or the
-ones bundled with the package) the lesion screenshots show the network's result from the
-Segment lesion widget; without weights they show the sample's manual tracing in its place.
+screen) with all three of the plugin's panels docked as napari docks them (tabbed, 294 px
+wide). With weights (``--weights``, or the ones bundled with the package) the lesion
+screenshots show the network's result from the Segment lesion widget; without weights they
+show the sample's manual tracing in its place. Last, the Evaluate panel scores that lesion
+against the sample's manual tracing (evaluation_widget.png).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import numpy as np
 from napari_dunet import model_store
 from napari_dunet._reader import read_nifti
 from napari_dunet._sample_data import SAMPLE_MASK
+from napari_dunet._widgets.evaluate import EvaluateWidget
 from napari_dunet._widgets.segment import SegmentWidget, ready_to_paint
 from napari_dunet.commands.view import open_viewer
+from napari_dunet.layers import TRACING_COLORS
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
@@ -34,6 +39,17 @@ def settle(seconds: float = 0.5) -> None:
         time.sleep(0.02)
 
 
+def in_front(panel) -> None:
+    """Bring a docked panel's tab to the front."""
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = panel.native
+    while not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    dock.raise_()
+    settle()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="checkpoint for the lesion screenshots")
@@ -44,7 +60,9 @@ def main() -> None:
     for name in ("Evaluate", "Fine-tune"):
         viewer.window.add_plugin_dock_widget("napari-dunet", name)
     viewer.window.resize(1280, 800)
-    [widget] = [w for w in viewer.window.dock_widgets.values() if isinstance(w, SegmentWidget)]
+    panels = viewer.window.dock_widgets.values()
+    [widget] = [w for w in panels if isinstance(w, SegmentWidget)]
+    [evaluate] = [w for w in panels if isinstance(w, EvaluateWidget)]
     image = viewer.layers["sample T1"]
     [(tracing, tracing_kwargs, _)] = read_nifti(SAMPLE_MASK)
     centre = np.argwhere(tracing).mean(axis=0).round().astype(int)
@@ -54,7 +72,7 @@ def main() -> None:
     viewer.screenshot(OUT / "guide_image.png", canvas_only=True)
 
     if model_store.current_checkpoint() is not None:
-        viewer.window._dock_widgets["Segment lesion (napari-dunet)"].raise_()  # its tab in front
+        in_front(widget)
         widget.run()
         while widget._runner.worker is not None:
             settle(0.2)
@@ -67,7 +85,20 @@ def main() -> None:
     settle()
     viewer.screenshot(OUT / "guide_lesion.png", canvas_only=True)
     viewer.screenshot(OUT / "guide_window.png", canvas_only=False)
-    print(f"wrote {OUT}/guide_image.png, guide_lesion.png, guide_window.png; lesion: {source}")
+
+    lesion = viewer.layers.selection.active
+    manual = viewer.add_labels(tracing, **{**tracing_kwargs, "name": "sample T1 manual lesion"})
+    manual.colormap = TRACING_COLORS
+    viewer.layers.selection.active = lesion
+    in_front(evaluate)
+    evaluate._pred.value, evaluate._truth.value = lesion, manual
+    evaluate.evaluate()
+    while evaluate._runner.worker is not None:
+        settle(0.2)
+    settle()
+    viewer.screenshot(OUT / "evaluation_widget.png", canvas_only=False)
+    print(f"wrote {OUT}/guide_image.png, guide_lesion.png, guide_window.png, "
+          f"evaluation_widget.png; lesion: {source}; {evaluate._status.value}")
     viewer.close()
 
 
