@@ -150,31 +150,36 @@ def split_cases(cases: Sequence[T], val_fraction: float, seed: int = 0) -> tuple
 
 HOLD_BACK_BLOCK = 8  # network slices (about 8 mm) held back together: neighbours look alike
 MIN_CASES_TO_HOLD_BACK = 4  # fewer cases: hold back slices of each case instead of cases
+MAX_HELD_BACK_SLICES = 48  # of all the cases together: a check then takes seconds on a CPU
 
 
 def hold_back(cases: Sequence[TrainingCase], fraction: float,
               seed: int = 0) -> tuple[list[TrainingCase], list[TrainingCase]]:
     """Split corrected cases into ``(training, held back)`` for a fine-tune's checks.
 
-    With ``MIN_CASES_TO_HOLD_BACK`` cases or more, whole cases (``split_cases``); with fewer,
-    every ``round(1 / fraction)``-th block of ``HOLD_BACK_BLOCK`` slices of each case's head
-    (the first of a seeded order of offsets whose blocks show lesion, where the case has any), so
-    that a single case is both trained on and checked on, on slices it did not learn from.
+    With ``MIN_CASES_TO_HOLD_BACK`` cases or more, whole cases (``split_cases``). With fewer,
+    blocks of ``HOLD_BACK_BLOCK`` adjacent slices of each case's head: every
+    ``round(1 / fraction)``-th block (the first of a seeded order of offsets whose blocks show
+    lesion, where the case has any), lesion blocks first, at most ``MAX_HELD_BACK_SLICES`` in
+    all; so a single case is both trained and checked on, on slices it does not learn from.
     """
     if not 0.0 < fraction < 1.0:
         raise InputError(f"the held-back share must be between 0 and 1, got {fraction}.")
     if len(cases) >= MIN_CASES_TO_HOLD_BACK:
         return split_cases(cases, fraction, seed)
     period = max(2, round(1 / fraction))
+    blocks_per_case = max(1, MAX_HELD_BACK_SLICES // HOLD_BACK_BLOCK // len(cases))
     train, held = [], []
     for case in cases:
         head, lesion = case.head, case.lesion
-        first = int(np.argmax(head))
-        block = (np.arange(len(head)) - first) // HOLD_BACK_BLOCK
-        offsets = np.random.default_rng([seed, len(train)]).permutation(period)
+        block = (np.arange(len(head)) - int(np.argmax(head))) // HOLD_BACK_BLOCK
+        rng = np.random.default_rng([seed, len(train)])
+        offsets = rng.permutation(period)
         shown = [k for k in offsets if (lesion & (block % period == k)).any()]
-        offset = (shown or list(offsets))[0]  # the first (seeded) that shows lesion
-        back = head & (block % period == offset)
+        offset = (shown or list(offsets))[0]
+        candidates = rng.permutation(np.unique(block[head & (block % period == offset)]))
+        first = sorted(candidates, key=lambda b: not (lesion & (block == b)).any())  # stable
+        back = head & np.isin(block, first[:blocks_per_case])
         if not back.any() or not (head & ~back).any():
             raise InputError(f"{case.name}: too few head slices to hold some back for the "
                              f"fine-tune's check.")

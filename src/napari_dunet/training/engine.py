@@ -144,8 +144,13 @@ def training_events(train_cases: Sequence[TrainingCase], val_cases: Sequence[Tra
     ``state_path(out)``. With ``dist`` (``torchrun``) each process passes its own shard of the
     cases. GPU memory is released when the generator finishes or is closed.
     """
-    trainer = _Trainer(train_cases, val_cases, config, Path(out), init, resume,
-                       dist or Distributed())
+    dist = dist or Distributed()
+    try:  # reading the starting weights and sizing the cases: a stop need not wait for it
+        trainer = interruptible(lambda: _Trainer(train_cases, val_cases, config, Path(out), init,
+                                                 resume, dist), None if dist.enabled else cancel)
+    except Cancelled:
+        return TrainResult(None, None, 0, None, None, stop_reason="cancelled",
+                           message="Stopped before training started; nothing was saved.")
     try:
         return (yield from trainer.run(cancel))
     finally:

@@ -51,17 +51,19 @@ def fine_tune_events(sources: Sequence[CorrectedCase | Case], config: TrainConfi
     """
     try:
         cases = yield from _prepare(sources, config, init, rehearsal, cancel)
+        from .data import hold_back as split  # torch is in by now
+
+        corrected, synthetic = cases[:len(sources)], cases[len(sources):]
+        train_cases, val_cases = interruptible(
+            lambda: split(corrected, hold_back, config.seed) if hold_back else (corrected, []),
+            cancel)
     except Cancelled:
         from .engine import TrainResult
 
         return TrainResult(None, None, 0, None, None, stop_reason="cancelled",
                            message="Stopped while preparing the cases; nothing was trained.")
-    corrected, synthetic = cases[:len(sources)], cases[len(sources):]
-    from .data import hold_back as split
     from .engine import training_events
 
-    train_cases, val_cases = (split(corrected, hold_back, config.seed) if hold_back
-                              else (corrected, []))
     return (yield from training_events(train_cases + synthetic, val_cases, config, out,
                                        init=init, cancel=cancel))
 

@@ -13,7 +13,8 @@ T = TypeVar("T")
 
 def interruptible(work: Callable[[], T], cancel: Callable[[], bool] | None) -> T:
     """``work()``, or ``Cancelled`` within ``POLL_SECONDS`` of ``cancel()`` turning true: the
-    work runs in a helper thread, which is then left to finish and its result dropped."""
+    work runs in a helper thread, which is then left to finish and its result dropped (not a
+    daemon: the interpreter waits for it at exit rather than stopping torch mid-operation)."""
     if cancel is None:
         return work()
     outcome: dict[str, Any] = {}
@@ -27,7 +28,7 @@ def interruptible(work: Callable[[], T], cancel: Callable[[], bool] | None) -> T
         finally:
             finished.set()
 
-    threading.Thread(target=run, daemon=True, name="napari-dunet-work").start()
+    threading.Thread(target=run, name="napari-dunet-work").start()
     while not finished.wait(POLL_SECONDS):
         if cancel():
             raise Cancelled("Stopped.")
