@@ -491,3 +491,38 @@ def test_stop_while_preparing_is_answered_at_once(tiny_model, tmp_path, monkeypa
     assert time.monotonic() - started < 10  # not the minute the preparation would have taken
     assert result.stop_reason == "cancelled" and "while preparing" in result.message
     assert result.checkpoint is None and not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("phase", ["__init__", "_validate", "_step"])
+def test_stop_is_answered_at_once_in_every_phase(tiny_model, tmp_path, monkeypatch, phase):
+    """Setting up, scoring the start, training: a stop does not wait for the work in hand."""
+    import threading
+    import time
+
+    from napari_dunet.training.data import hold_back
+
+    cases = synthetic_cases(2)
+    base = base_checkpoint(tiny_model, tmp_path / "base.safetensors")
+    release, original = threading.Event(), getattr(engine._Trainer, phase)
+
+    stop_at = []
+
+    def slow(self, *args):
+        stop_at.append(time.monotonic() + 0.2)  # stop while this phase is in hand
+        release.wait(60)
+        return original(self, *args)
+
+    monkeypatch.setattr(engine._Trainer, phase, slow)
+    try:
+        result = drive_events(training_events(
+            *hold_back(cases, 0.2), config(tiny_model), tmp_path / "m.safetensors", init=base,
+            cancel=lambda: bool(stop_at) and time.monotonic() > stop_at[0]))
+        answered = time.monotonic() - stop_at[0]
+    finally:
+        release.set()
+    assert answered < 10  # not the minute the work in hand would have taken
+    assert result.stop_reason == "cancelled" and result.checkpoint is None
+
+
+def drive_events(generator):
+    return list(_events(generator))[-1]
