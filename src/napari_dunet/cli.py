@@ -13,7 +13,7 @@ import sys
 from . import __version__
 from .errors import DunetError
 
-SUBCOMMANDS = ("models", "segment", "evaluate", "synth", "demo", "train", "view")
+SUBCOMMANDS = ("models", "segment", "evaluate", "report", "synth", "demo", "train", "view")
 
 
 def build_parser() -> argparse.ArgumentParser:
