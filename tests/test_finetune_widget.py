@@ -91,9 +91,8 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
     assert len(set(steps)) >= 4  # 4 steps
     assert widget._plot.loss_axes.lines[0].get_marker() == "."  # few steps: each one shown
     assert widget._plot.epochs[0] == [0, 1, 2] and widget._plot.epochs[2] == [0.2, 0.3, 0.4]
-    assert widget._status.value == ("held-back DSC 0.200 -> 0.400; 'Segment lesion' now uses "
-                                    "tuned.safetensors")
-    assert "Trained 2 epochs" in widget._status.tooltip
+    assert widget._result.value == "DSC 0.200 -> 0.400: 'Segment lesion' now uses tuned.safetensors"
+    assert "Trained 2 epochs" in widget._status.value
     assert model_store.current_checkpoint() == out
     assert segment._weights.value == out  # "Segment lesion" follows the store
     _, meta = load_checkpoint(out)
@@ -122,9 +121,9 @@ def test_a_run_that_does_not_beat_the_start_keeps_the_model(make_napari_viewer, 
     out = widget._out.value
     widget.start()
     qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=TIMEOUT_MS)
-    assert widget._status.value == ("starting model kept: held-back DSC 0.500, fine-tuned "
-                                    "0.500 at best")
-    assert "Kept the starting weights" in widget._status.tooltip
+    assert widget._result.value == ("DSC 0.500 at the start, fine-tuned 0.500 at best: the "
+                                    "starting model is kept")
+    assert "Kept the starting weights" in widget._status.value
     assert model_store.current_checkpoint() == tiny_checkpoint and not out.exists()
     assert widget._out.value == out  # nothing written: the name stays free
 
@@ -141,8 +140,8 @@ def test_stop_keeps_the_last_completed_epoch(make_napari_viewer, qtbot, tmp_path
     worker = widget._runner.worker
     worker.yielded.connect(lambda e: widget.stop() if isinstance(e, EpochMetrics) else None)
     qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=TIMEOUT_MS)
-    assert "Stopped during epoch" in widget._status.tooltip
-    assert "held-back DSC 0.100 -> 0.200" in widget._status.value
+    assert "Stopped during epoch" in widget._status.value
+    assert widget._result.value.startswith("DSC 0.100 -> 0.200: ")
     out = tmp_path / "tuned.safetensors"
     assert model_store.current_checkpoint() == out
     epoch = load_checkpoint(out)[1]["training"]["epoch"]
@@ -201,6 +200,7 @@ def test_stop_while_preparing_is_answered_at_once(make_napari_viewer, qtbot, tmp
         release.set()
     assert answered < 5
     assert "Stopped while preparing" in widget._status.value and widget._start.enabled
+    assert widget._result.value == "-"  # nothing was scored
     assert model_store.current_checkpoint() == tiny_checkpoint
 
 

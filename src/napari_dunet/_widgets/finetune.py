@@ -32,7 +32,7 @@ from ..options import DEVICES, LOSSES, TRAIN_LAYERS
 from ..training.config import (HOLD_BACK, MAX_REHEARSAL, QUICK, QUICK_REHEARSAL_PER_CASE,
                                TrainConfig, rehearsal_count)
 from ..training.finetune import CorrectedCase, Preparing
-from .layout import Panel, elided_label
+from .layout import Panel, elided_label, wrapped_label
 from .runner import JobRunner, failure
 
 MODEL_FOLDER = Path.home() / "napari-dunet" / "models"
@@ -128,12 +128,15 @@ class FinetuneWidget(Panel):
         self._stop = PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=PROGRESS_STEPS)
         self._status = elided_label(label="Status", value="idle")
+        # the held-back scores of the start and the fine-tuned model, and which one is in use
+        self._result = wrapped_label(label="Held back", value="-")
         self.extend([self._image, self._mask, self._add_pair, self._add_folder, self._pairs,
                      self._remove, self._layers, self._epochs, self._lr, self._loss, self._batch,
                      self._crop, self._steps,
                      self._minutes, self._freeze_norm, self._rehearsal, self._hold_back,
                      self._device,
-                     self._out, self._start, self._stop, self._progress, self._status])
+                     self._out, self._start, self._stop, self._progress, self._status,
+                     self._result])
         self._plot = TrainingPlot()
         self.add_native(self._plot.canvas)
         self.fit()
@@ -258,6 +261,7 @@ class FinetuneWidget(Panel):
             show_info(note)
         self._job, self._saved, self._started = job, False, time.monotonic()
         self._start_dsc = None
+        self._result.value = "-"
         self._plot.clear(validation=True)
         self._runner.start(finetune_events, job, yielded=self._on_event,
                            returned=self._on_finished, aborted=lambda: self._on_finished(None),
@@ -284,7 +288,8 @@ class FinetuneWidget(Panel):
         elif isinstance(event, StartScore):
             self._start_dsc = event.val_dsc
             self._plot.add_epoch(0, float("nan"), event.val_dsc)
-            self._status.value = f"starting model: held-back DSC {event.val_dsc:.3f}"
+            self._status.value = "training"
+            self._result.value = f"DSC {event.val_dsc:.3f} at the start"
         elif isinstance(event, StepProgress):
             fraction = event.done / max(event.total, 1)
             minutes = self._job.config.max_minutes if self._job is not None else None
@@ -296,9 +301,12 @@ class FinetuneWidget(Panel):
         elif isinstance(event, EpochMetrics):
             self._saved = self._saved or event.saved
             self._plot.add_epoch(event.epoch, event.train_loss, event.val_dsc)
-            dsc = "" if event.val_dsc is None else f", held-back DSC {event.val_dsc:.3f}" + (
-                "" if self._start_dsc is None else f" (start {self._start_dsc:.3f})")
+            dsc = "" if event.val_dsc is None else f", held-back DSC {event.val_dsc:.3f}"
             self._status.value = f"epoch {event.epoch}: loss {event.train_loss:.3f}{dsc}"
+            if event.val_dsc is not None:
+                start = ("" if self._start_dsc is None
+                         else f"DSC {self._start_dsc:.3f} at the start, ")
+                self._result.value = f"{start}epoch {event.epoch}: {event.val_dsc:.3f}"
 
     def _on_finished(self, result: Any) -> None:
         """Hand a model that beat the starting one to "Segment lesion" (and get a fresh file
@@ -309,23 +317,20 @@ class FinetuneWidget(Panel):
         message = result.message if result is not None else "Fine-tuning stopped."
         best = result.best_val_dsc if result is not None else None
         start = self._start_dsc
+        self._status.value = message  # elided; the whole of it in the tooltip
         if checkpoint is not None:
             model_store.set_checkpoint(checkpoint)
             self._out.value = default_output()
-            scores = (f"held-back DSC {start:.3f} -> {best:.3f}; " if None not in (start, best)
-                      else "")
-            status = f"{scores}'Segment lesion' now uses {checkpoint.name}"
-        elif start is not None:
+            scores = (f"DSC {start:.3f} -> {best:.3f}: " if None not in (start, best) else "")
+            self._result.value = f"{scores}'Segment lesion' now uses {checkpoint.name}"
+            show_info(f"{message} 'Segment lesion' now uses {checkpoint.name}.")
+            return
+        if start is not None:
             tried = [m.val_dsc for m in (result.history if result is not None else [])
                      if m.val_dsc is not None]
             after = f", fine-tuned {max(tried):.3f} at best" if tried else ""
-            status = f"starting model kept: held-back DSC {start:.3f}{after}"
-        else:
-            status = message
-        self._status.value = status
-        self._status.tooltip = message
-        show_info(message if checkpoint is None else f"{message} 'Segment lesion' now uses "
-                  f"{checkpoint.name}.")
+            self._result.value = f"DSC {start:.3f} at the start{after}: the starting model is kept"
+        show_info(message)
 
     def _on_error(self, exc: Exception) -> None:
         kind, text = failure(exc, "Fine-tuning", "Not enough memory to fine-tune; lower the "
@@ -388,7 +393,7 @@ class TrainingPlot:
         if self.validation:
             points = [(e, d) for e, d in zip(self.epochs[0], self.epochs[2]) if d is not None]
             dsc.plot([p[0] for p in points], [p[1] for p in points], "s-", color="tab:red")
-            dsc.set_ylabel("validation DSC", color="tab:red")
+            dsc.set_ylabel("held-back DSC", color="tab:red")
         else:
             dsc.set_yticks([])
         self.canvas.draw()
