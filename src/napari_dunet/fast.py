@@ -22,6 +22,7 @@ import weakref
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -165,6 +166,40 @@ def _fingerprint(model: nn.Module, device: torch.device, runtime: str) -> tuple 
     except RuntimeError:
         return None
     return (str(device), runtime, state)
+
+
+class DepthTapConv3d(nn.Conv3d):
+    """A Conv3d computed as one 2D convolution: the depth taps of every output slice become
+    input channels (``kd * C``), the slices become the batch. Same weights, same function; on
+    CPU under bf16 autocast oneDNN then runs its 2D bf16 kernels (AMX), where its Conv3d weight
+    gradient comes out non-finite (PyTorch 2.13, e.g. 32 -> 32 channels at depth 4, 96 x 96).
+    Tensors stay channels-last (NDHWC), so the only copy is the tap-stacked input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kd, pd = self.kernel_size[0], self.padding[0]
+        batch, channels, depth, height, width = x.shape
+        out_depth = depth + 2 * pd - kd + 1
+        x = F.pad(x.permute(0, 2, 3, 4, 1), (0, 0, 0, 0, 0, 0, pd, pd))  # (B, D', H, W, C)
+        taps = torch.cat([x[:, t:t + out_depth] for t in range(kd)], dim=-1) if kd > 1 else x
+        taps = taps.reshape(batch * out_depth, height, width, kd * channels)
+        weight = self.weight.transpose(1, 2).reshape(self.out_channels, kd * channels,
+                                                     *self.kernel_size[1:])
+        y = F.conv2d(taps.permute(0, 3, 1, 2), weight, self.bias, padding=self.padding[1:])
+        return y.permute(0, 2, 3, 1).reshape(batch, out_depth, height, width, -1) \
+            .permute(0, 4, 1, 2, 3)
+
+
+def use_depth_tap_convolutions(model: nn.Module) -> int:
+    """Give every plain 3D convolution (stride 1, no dilation or groups, zero padding) of
+    ``model`` the ``DepthTapConv3d`` forward, in place; returns how many changed."""
+    swapped = 0
+    for module in model.modules():
+        if (type(module) is nn.Conv3d and module.stride == (1, 1, 1) and module.groups == 1
+                and module.dilation == (1, 1, 1) and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str)):
+            module.__class__ = DepthTapConv3d
+            swapped += 1
+    return swapped
 
 
 @lru_cache(maxsize=1)

@@ -93,8 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "lesion slices (faster steps; default: whole slices)")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     add_device_argument(parser)
-    add_dtype_argument(parser, help="compute dtype; auto: mixed precision on GPUs, float32 on "
-                       "CPUs (default); bf16: bfloat16 autocast, also on CPUs (fast where they "
+    add_dtype_argument(parser, help="compute dtype; auto (default): mixed precision on GPUs, "
+                       "on CPUs mixed where bf16 steps measured faster, else float32; bf16: "
+                       "bfloat16 autocast, also on CPUs (fast where they "
                        "have bf16 instructions); mixed: bf16 steps, validation masks as "
                        "inference's mixed makes them; fp32: float32 everywhere")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")

@@ -32,9 +32,11 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # default: as many stacks as there are head slices
     val_batch_size: int = 16
     device: str = "auto"
-    # "auto": mixed precision on GPUs, float32 on CPUs; "bf16": bfloat16 autocast, also on CPUs
-    # (about 2.4x faster D-UNet steps on CPUs with bf16 instructions); "mixed": bf16 steps, and
-    # validation masks as inference's "mixed" makes them (the fp32 masks); "fp32": float32
+    # "auto": mixed precision on GPUs; on a CPU "mixed" where a bf16 training step was measured
+    # faster than fp32 (cpu_dtype.training_precision; D-UNet steps 2.5x faster on the 2-core
+    # Intel Xeon with AMX, docs/performance.md), else float32; "bf16": bfloat16 autocast, also
+    # on CPUs; "mixed": bf16 steps, and validation masks as inference's "mixed" makes them (the
+    # fp32 masks); "fp32": float32
     precision: str = "auto"
     max_minutes: float | None = None  # stop by time: the epoch at the limit ends early, saved
     # BatchNorm layers keep the statistics they start with (running mean and variance frozen):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Sequence
@@ -33,7 +32,7 @@ from torch import nn
 
 from ..checkpoint import default_metadata, load_checkpoint, save_checkpoint
 from ..errors import Cancelled, CheckpointError, DunetError, InputError
-from ..fast import cpu_has_native_bf16
+from ..cpu_dtype import training_precision
 from ..inference import Precision, precision_context, predict_slices, resolve_device
 from ..losses import get_loss
 from ..metrics import Confusion, confusion, dice
@@ -206,6 +205,11 @@ class _Trainer:
         else:
             model = build_model(config.model)
         self.model = model.to(self.device)
+        self.precision: Precision = config.precision  # type: ignore[assignment]
+        if self.device.type == "cpu":  # "auto": the dtype measured fastest (one process)
+            auto = self.precision == "auto" and dist.enabled  # processes must agree: fp32
+            self.precision = training_precision(  # type: ignore[assignment]
+                self.model, "fp32" if auto else self.precision)
         self.optimizer = self._make_optimizer()
         if resume:
             self._restore()
@@ -213,13 +217,7 @@ class _Trainer:
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.precision: Precision = config.precision  # type: ignore[assignment]
-        bf16_cpu = self.precision in ("bf16", "mixed") and self.device.type == "cpu"
-        if bf16_cpu and not cpu_has_native_bf16():
-            warnings.warn("this CPU has no bf16 instructions: bf16 training will be slow")
         self.autocast = lambda: precision_context(self.device, self.precision)
-        if bf16_cpu:
-            _conv3d_in_float32(self.model)
         with self.autocast() as ctx:
             fp16 = getattr(ctx, "fast_dtype", None) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -349,6 +347,8 @@ class _Trainer:
             images, masks = augment_batch(images, masks, generator, Augmentation())
         if self.config.crop_size:
             images, masks = random_crops(images, masks, self.config.crop_size, generator)
+        if self.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
         warmup = self.config.warmup_steps
         if warmup:
             done = (epoch - 1) * self.steps + step  # steps of the run, this one included
@@ -468,23 +468,6 @@ class _Trainer:
             self.stream.close()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def _conv3d_in_float32(model: nn.Module) -> None:
-    """Run the 3D convolutions in float32 under CPU bf16 autocast.
-
-    oneDNN's bf16 Conv3d weight gradient comes out non-finite for D-UNet's 3D stream on CPU
-    (PyTorch 2.13, e.g. 32->64 channels at depth 2); the 2D part keeps the bf16 speed-up.
-    """
-    def float32_forward(conv: nn.Conv3d) -> Callable[[torch.Tensor], torch.Tensor]:
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cpu", enabled=False):
-                return nn.Conv3d.forward(conv, x.float())
-        return forward
-
-    for module in model.modules():
-        if isinstance(module, nn.Conv3d):
-            module.forward = float32_forward(module)
 
 
 def _epochs(n: int) -> str:
