@@ -399,7 +399,7 @@ def base_checkpoint(model, path, trained_on=None):
 
 
 def test_hold_back_keeps_blocks_of_slices_of_few_cases_and_whole_cases_of_many():
-    from napari_dunet.training.data import HOLD_BACK_BLOCK, hold_back
+    from napari_dunet.training.data import HOLD_BACK_BLOCK, MAX_HELD_BACK_SLICES, hold_back
 
     image, mask = make_head((40, 48, 24))
     case = prepare_case(image, mask, AFFINE, "one", input_size=SIZE)
@@ -416,7 +416,14 @@ def test_hold_back_keeps_blocks_of_slices_of_few_cases_and_whole_cases_of_many()
     assert not held.head[picks[:, 1]].any()  # training never draws a held-back slice
     cases = synthetic_cases(5)
     train_cases, val_cases = hold_back(cases, 0.2)
-    assert len(val_cases) == 1 and len(train_cases) == 4 and val_cases[0].use is None
+    assert len(val_cases) == 1 and len(train_cases) == 4  # a whole case is held back
+    assert val_cases[0].name not in {c.name for c in train_cases}
+    assert all(c.use is None for c in train_cases)
+    big = [prepare_case(*make_head((40, 48, 40), seed=i), AFFINE, f"big{i}", input_size=SIZE)
+           for i in range(4)]  # 120 slices each
+    (checked,) = hold_back(big, 0.25)[1]
+    assert checked.head.sum() == MAX_HELD_BACK_SLICES < big[0].head.sum()  # a check stays short
+    assert checked.lesion.any() and (checked.head & ~checked.lesion).any()
 
 
 def test_a_fine_tune_that_cannot_improve_keeps_the_starting_weights(tiny_model, tmp_path):

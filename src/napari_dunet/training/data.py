@@ -150,7 +150,7 @@ def split_cases(cases: Sequence[T], val_fraction: float, seed: int = 0) -> tuple
 
 HOLD_BACK_BLOCK = 8  # network slices (about 8 mm) held back together: neighbours look alike
 MIN_CASES_TO_HOLD_BACK = 4  # fewer cases: hold back slices of each case instead of cases
-MAX_HELD_BACK_SLICES = 48  # of all the cases together: a check then takes seconds on a CPU
+MAX_HELD_BACK_SLICES = 48  # checked, all cases together: a check then takes seconds on a CPU
 
 
 def hold_back(cases: Sequence[TrainingCase], fraction: float,
@@ -160,32 +160,42 @@ def hold_back(cases: Sequence[TrainingCase], fraction: float,
     With ``MIN_CASES_TO_HOLD_BACK`` cases or more, whole cases (``split_cases``). With fewer,
     blocks of ``HOLD_BACK_BLOCK`` adjacent slices of each case's head: every
     ``round(1 / fraction)``-th block (the first of a seeded order of offsets whose blocks show
-    lesion, where the case has any), lesion blocks first, at most ``MAX_HELD_BACK_SLICES`` in
-    all; so a single case is both trained and checked on, on slices it does not learn from.
+    lesion, where the case has any); so a single case is both trained and checked on, on slices
+    it does not learn from. Either way the checks read at most ``MAX_HELD_BACK_SLICES`` slices
+    in all: whole blocks, a block with lesion and one without in turn.
     """
     if not 0.0 < fraction < 1.0:
         raise InputError(f"the held-back share must be between 0 and 1, got {fraction}.")
-    if len(cases) >= MIN_CASES_TO_HOLD_BACK:
-        return split_cases(cases, fraction, seed)
-    period = max(2, round(1 / fraction))
-    blocks_per_case = max(1, MAX_HELD_BACK_SLICES // HOLD_BACK_BLOCK // len(cases))
-    train, held = [], []
-    for case in cases:
+    whole = len(cases) >= MIN_CASES_TO_HOLD_BACK
+    train, held = split_cases(cases, fraction, seed) if whole else ([], list(cases))
+    period = 1 if whole else max(2, round(1 / fraction))
+    per_case = max(1, MAX_HELD_BACK_SLICES // HOLD_BACK_BLOCK // len(held))
+    checked = []
+    for index, case in enumerate(held):
         head, lesion = case.head, case.lesion
         block = (np.arange(len(head)) - int(np.argmax(head))) // HOLD_BACK_BLOCK
-        rng = np.random.default_rng([seed, len(train)])
+        rng = np.random.default_rng([seed, index])
         offsets = rng.permutation(period)
         shown = [k for k in offsets if (lesion & (block % period == k)).any()]
         offset = (shown or list(offsets))[0]
         candidates = rng.permutation(np.unique(block[head & (block % period == offset)]))
-        first = sorted(candidates, key=lambda b: not (lesion & (block == b)).any())  # stable
-        back = head & np.isin(block, first[:blocks_per_case])
-        if not back.any() or not (head & ~back).any():
+        shows = [bool((lesion & (block == b)).any()) for b in candidates]
+        order = _alternate([b for b, y in zip(candidates, shows) if y],
+                           [b for b, y in zip(candidates, shows) if not y])
+        back = head & np.isin(block, order[:per_case])
+        if not whole and (not back.any() or not (head & ~back).any()):
             raise InputError(f"{case.name}: too few head slices to hold some back for the "
                              f"fine-tune's check.")
-        train.append(TrainingCase(case.name, case.slices, case.masks, head & ~back))
-        held.append(TrainingCase(case.name, case.slices, case.masks, back))
-    return train, held
+        if not whole:
+            train.append(TrainingCase(case.name, case.slices, case.masks, head & ~back))
+        checked.append(TrainingCase(case.name, case.slices, case.masks, back))
+    return train, checked
+
+
+def _alternate(first: Sequence[T], second: Sequence[T]) -> list[T]:
+    """``first[0], second[0], first[1], ...``, then the rest of the longer one."""
+    return [x for pair in zip(first, second) for x in pair] + \
+        list(first[len(second):]) + list(second[len(first):])
 
 
 class BalancedSampler:
