@@ -84,10 +84,16 @@ def fine_tune(weights: Path, cases: list[tuple], minutes: float, out: Path, devi
                    lambda e: steps.append(1) if isinstance(e, StepProgress) else None)
     return {"epochs": result.epochs_completed, "rehearsal_cases": rehearsal,
             "steps": len(steps), "dtype": dtype, "stop": result.stop_reason,
-            "held_back_start": result.start_val_dsc, "held_back_best": result.best_val_dsc,
+            "held_back_start": result.start_val_dsc,
+            "held_back_tuned": max((m.val_dsc for m in result.history if m.val_dsc is not None),
+                                   default=None),
             "kept_start": not result.improved,
             "weights": str(result.checkpoint or weights),
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def dsc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def target_domain(folder: Path | None, n: int, seed: int, data: Path = DATA,
@@ -215,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                                         **(results["before"] if same else
                                            scores(Path(run["weights"])))})
                 print(f"N={n}, {minutes:g} min: {run['steps']} steps in {run['seconds']:.0f} s, "
-                      f"held-back {run['held_back_start']:.3f} -> {run['held_back_best']:.3f}"
+                      f"held-back {dsc(run['held_back_start'])}, tuned "
+                      f"{dsc(run['held_back_tuned'])}"
                       f"{' (start kept)' if same else ''}, target DSC "
                       f"{results['runs'][-1]['target_dsc']:.3f}", file=sys.stderr, flush=True)
 
@@ -228,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{src(b['source_dsc'])} {'':>7}")
     for r in results["runs"]:
         d_src = f"{r['source_dsc'] - b['source_dsc']:>+7.3f}" if source else f"{'-':>7}"
-        held = f"{r['held_back_start']:.3f} -> {r['held_back_best']:.3f}"
+        held = f"{dsc(r['held_back_start'])} -> {dsc(r['held_back_tuned'])}"
         print(f"{r['shots']:>3} {r['minutes']:>4g} {r['steps']:>5} {held:>15} "
               f"{'start' if r['kept_start'] else 'new':>5} {r['target_dsc']:>11.3f} "
               f"{r['target_dsc'] - b['target_dsc']:>+7.3f} {src(r['source_dsc'])} {d_src}")
