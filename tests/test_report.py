@@ -152,3 +152,27 @@ def test_mask_on_another_grid_is_one_line_error(case, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "different grids" in err[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_cases_pair_scans_with_their_masks(tmp_path):
+    from napari_dunet.commands.report import find_pairs
+    from napari_dunet.errors import InputError
+
+    image = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    bids = tmp_path / "bids" / "sub-01" / "anat"
+    bids.mkdir(parents=True)
+    for name in ("sub-01_T1w", "sub-01_label-L_desc-T1lesion_mask"):
+        nib.save(image, bids / f"{name}.nii.gz")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    nib.save(image, masks / "sub-01_mask.nii.gz")
+    scan = bids / "sub-01_T1w.nii.gz"
+    assert find_pairs([str(tmp_path / "bids")], None) == [
+        ("sub-01", scan, bids / "sub-01_label-L_desc-T1lesion_mask.nii.gz")]
+    assert find_pairs([str(tmp_path / "bids")], masks) == [
+        ("sub-01", scan, masks / "sub-01_mask.nii.gz")]
+    assert find_pairs([str(scan), str(masks / "sub-01_mask.nii.gz")], None)[0][2] == \
+        masks / "sub-01_mask.nii.gz"
+    (masks / "sub-01_mask.nii.gz").unlink()
+    with pytest.raises(InputError, match="no mask sub-01_mask.nii.gz"):
+        find_pairs([str(tmp_path / "bids")], masks)
