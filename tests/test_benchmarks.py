@@ -230,3 +230,22 @@ def test_choose_threshold_sweeps_one_map_per_case(tmp_path, tiny_model):
     for bad in (["--thresholds", "1.5"], ["--seed-thresholds", "1"]):
         with pytest.raises(SystemExit):
             script.main(["--weights", str(weights), "--cases", str(tmp_path / "kind0"), *bad])
+
+
+def test_training_benchmark_rows_per_configuration():
+    out = run_script("bench_training.py", "--sizes", "32", "--crop-sizes", "0", "16",
+                     "--batch-size", "2", "--steps", "1", "--threads", "1", "--json",
+                     "--configs", "bf16-conv3d-fp32", "bf16-taps-cl", "fp32")
+    rows = out["rows"]
+    assert [(r["config"], r["crop"]) for r in rows] == [
+        (c, crop) for crop in (0, 16) for c in ("bf16-conv3d-fp32", "bf16-taps-cl", "fp32")]
+    for r in rows:
+        assert r["precision"] == ("fp32" if r["config"] == "fp32" else "bf16")
+        for key in ("seconds_per_step", "cpu_seconds_per_step", "stacks_per_second", "gflops",
+                    "matmul_fp32_gflops", "matmul_bf16_gflops", "share_of_matmul"):
+            assert positive(r[key]), key
+        assert math.isclose(r["stacks_per_second"] * r["seconds_per_step"], 2)
+        assert math.isclose(r["gflops"] * r["seconds_per_step"], r["gflop_per_step"])
+    whole, crops = rows[1], rows[4]  # the FLOPs follow the pixels trained on: 4x per step
+    assert math.isclose(whole["gflop_per_step"], 4 * crops["gflop_per_step"], rel_tol=0.05)
+    assert rows[0]["speedup_vs_bf16_conv3d_fp32"] == 1.0

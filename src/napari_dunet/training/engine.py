@@ -210,6 +210,7 @@ class _Trainer:
             auto = self.precision == "auto" and dist.enabled  # processes must agree: fp32
             self.precision = training_precision(  # type: ignore[assignment]
                 self.model, "fp32" if auto else self.precision)
+        self.channels_last = self.device.type == "cpu"  # batches as NHWC, like the weights
         self.optimizer = self._make_optimizer()
         if resume:
             self._restore()
@@ -347,7 +348,7 @@ class _Trainer:
             images, masks = augment_batch(images, masks, generator, Augmentation())
         if self.config.crop_size:
             images, masks = random_crops(images, masks, self.config.crop_size, generator)
-        if self.device.type == "cpu":
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         warmup = self.config.warmup_steps
         if warmup:
