@@ -209,15 +209,22 @@ def mapped(monkeypatch):
     return network
 
 
+def preview_slice_3(viewer, qtbot, fast_model, tmp_path, seed_threshold: float):
+    """The test head in ``viewer`` with a seeded checkpoint, previewed on slice 3."""
+    image, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz", (40, 48, 30)))
+    model_store.set_checkpoint(tmp_path / "seeded.safetensors", model=fast_model, metadata={
+        "model": "dunet", "threshold": 0.7, "seed_threshold": seed_threshold})
+    widget._scope.value = CURRENT_SLICE
+    viewer.dims.set_point(2, image.data_to_world([0, 0, 3])[2])
+    run_and_wait(qtbot, widget)
+    return image, widget
+
+
 def test_current_slice_and_whole_volume_agree_on_a_lesion_slice(
         make_napari_viewer, qtbot, fast_model, mapped, notes, tmp_path, monkeypatch):
     viewer = make_napari_viewer()
-    image, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz", (40, 48, 30)))
-    model_store.set_checkpoint(tmp_path / "seeded.safetensors", model=fast_model, metadata={
-        "model": "dunet", "threshold": 0.7, "seed_threshold": 0.99})
-    widget._scope.value = CURRENT_SLICE
-    viewer.dims.set_point(2, image.data_to_world([0, 0, 3])[2])
-    run_and_wait(qtbot, widget)  # the seed is 21 slices away from slice 3
+    # the seed is 21 slices away from slice 3
+    image, widget = preview_slice_3(viewer, qtbot, fast_model, tmp_path, 0.99)
     preview = viewer.layers["t1 lesion preview"]
     assert np.count_nonzero(preview.data) == 64 and "0.19 mL in 1 lesion" in widget._summary.value
     widget._scope.value = "whole volume"
@@ -240,12 +247,7 @@ def test_a_seed_slider_on_a_preview_runs_only_the_slices_it_needs(
         make_napari_viewer, qtbot, fast_model, mapped, notes, tmp_path):
     mapped.map = np.minimum(lesion_map(6), 0.95)  # seeds of 0.95 in slice 6
     viewer = make_napari_viewer()
-    image, widget = open_with_widget(viewer, head_file(tmp_path / "t1.nii.gz", (40, 48, 30)))
-    model_store.set_checkpoint(tmp_path / "seeded.safetensors", model=fast_model, metadata={
-        "model": "dunet", "threshold": 0.7, "seed_threshold": 0.9})
-    widget._scope.value = CURRENT_SLICE
-    viewer.dims.set_point(2, image.data_to_world([0, 0, 3])[2])
-    run_and_wait(qtbot, widget)
+    image, widget = preview_slice_3(viewer, qtbot, fast_model, tmp_path, 0.9)
     preview = viewer.layers["t1 lesion preview"]
     assert np.count_nonzero(preview.data) == 64  # seeded in slice 6
     context, ran = widget._last.context, list(mapped.ran)
