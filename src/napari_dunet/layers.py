@@ -183,3 +183,10 @@ def same_grid_kwargs(layer: Any) -> dict[str, Any]:
     return {"scale": tuple(layer.scale), "translate": tuple(layer.translate),
             "rotate": np.array(layer.rotate), "shear": np.array(layer.shear),
             "affine": np.array(layer.affine.affine_matrix), "units": tuple(layer.units)}
+
+
+def layer_transform(layer: Any) -> dict[str, Any]:
+    """A layer's napari transform as writer-style attributes (``layer_volume``'s ``transform``)."""
+    kwargs = same_grid_kwargs(layer)
+    kwargs.pop("units")
+    return kwargs

@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import DunetError, InputError
+from .errors import Cancelled, DunetError, InputError
 from .io import Volume
 
 #: nilearn's copy of the ICBM 2009a nonlinear symmetric template (brain only, 1 mm, RAS)
@@ -35,6 +35,7 @@ TEMPLATE_FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
 INSTALL = 'pip install "napari-dunet[report]"'
 
 Progress = Callable[[str], None]
+Cancel = Callable[[], bool]
 
 
 def require_packages() -> None:
@@ -135,12 +136,14 @@ def sample(data: np.ndarray, voxels: np.ndarray, order: int = 1) -> np.ndarray:
 
 
 def register_to_mni(volume: Volume, lesion: np.ndarray | None = None, *, mm: float = 2.0,
-                    nonlinear: bool = True, progress: Progress | None = None) -> MniTransform:
+                    nonlinear: bool = True, progress: Progress | None = None,
+                    cancel: Cancel | None = None) -> MniTransform:
     """Register a T1 (skull on or off) to the MNI152 2009a template at ``mm`` resolution.
 
     Stages: centres of mass, translation, rigid, affine (whole head, then the brain found
     by the affine), then SyN on the brain. ``lesion`` (same grid as the scan) is left out of
-    every stage's cost. ``nonlinear=False`` stops after the affine.
+    every stage's cost. ``nonlinear=False`` stops after the affine. ``cancel`` is asked at
+    every optimiser iteration; when it says True, ``Cancelled`` is raised.
     """
     require_packages()
     from dipy.align.imaffine import (AffineRegistration, MutualInformationMetric,
@@ -157,7 +160,19 @@ def register_to_mni(volume: Volume, lesion: np.ndarray | None = None, *, mm: flo
     start = time.monotonic()
 
     def done(stage: str) -> None:
+        check()
         say(f"{stage} ({time.monotonic() - start:.0f} s)")
+
+    def check(*_: object) -> None:
+        if cancel is not None and cancel():
+            raise Cancelled("registration stopped")
+
+    class Metric(MutualInformationMetric):
+        """Mutual information that stops the optimiser when the user asks to."""
+
+        def distance_and_gradient(self, params):  # noqa: ANN001 - dipy's signature
+            check()
+            return super().distance_and_gradient(params)
 
     t1, t_affine = load_template("t1")
     fixed_shape, fixed_affine = iso_grid(t1.shape, t_affine, mm)
@@ -188,9 +203,9 @@ def register_to_mni(volume: Volume, lesion: np.ndarray | None = None, *, mm: flo
     grids = dict(static_grid2world=fixed_affine, moving_grid2world=work_affine)
     start_affine = transform_centers_of_mass(fixed * brain, fixed_affine, moving * head,
                                              work_affine).affine
-    coarse = AffineRegistration(metric=MutualInformationMetric(nbins=32), verbosity=0,
+    coarse = AffineRegistration(metric=Metric(nbins=32), verbosity=0,
                                 level_iters=[100, 50], sigmas=[2.0, 1.0], factors=[4, 2])
-    fine = AffineRegistration(metric=MutualInformationMetric(nbins=32), verbosity=0,
+    fine = AffineRegistration(metric=Metric(nbins=32), verbosity=0,
                               level_iters=[100, 50, 25], sigmas=[2.0, 1.0, 0.0],
                               factors=[4, 2, 1])
     for transform in (TranslationTransform3D(), RigidTransform3D(), AffineTransform3D()):
@@ -218,7 +233,7 @@ def register_to_mni(volume: Volume, lesion: np.ndarray | None = None, *, mm: flo
                  / max(float(np.median(template_native[brain_native & ~lesion_work])), 1e-6))
         moving_brain = np.where(lesion_work, template_native * scale, moving_brain)
     syn = SymmetricDiffeomorphicRegistration(CCMetric(3, sigma_diff=2.0, radius=2),
-                                             level_iters=[50, 25, 10])
+                                             level_iters=[50, 25, 10], callback=check)
     mapping = syn.optimize(fixed * cost_region, moving_brain, **grids, prealign=affine.affine)
     done("nonlinear (SyN)")
     return MniTransform(_coordinate_map(mapping, work_shape, work_affine, fixed_shape,

@@ -1,7 +1,8 @@
 """The lesion report: a T1 and its lesion mask normalised to MNI152 2009a, and per lesion its
 volume, side, MNI centroid and the regions it overlaps (``dunet report``, docs/report.md).
 
-``make_report`` does the work and returns a ``Report``; ``write_report`` writes its files.
+``make_report`` does the work and returns a ``Report``; ``write_report`` writes its files;
+``report_case`` does both, as ``dunet report`` and the Segment lesion panel run it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 from .io import Volume
-from .registration import (MniTransform, Progress, load_template, quality, register_to_mni,
-                           sample)
+from .registration import (Cancel, MniTransform, Progress, load_template, quality,
+                           register_to_mni, sample)
 
 #: below this correlation with the template the normalisation needs checking by eye
 POOR_QUALITY = 0.6
@@ -48,11 +49,12 @@ def check_same_grid(scan: Volume, mask: Volume) -> None:
 
 
 def make_report(scan: Volume, mask: Volume, *, mm: float = 2.0, nonlinear: bool = True,
-                transform: MniTransform | None = None, progress: Progress | None = None
-                ) -> Report:
+                transform: MniTransform | None = None, progress: Progress | None = None,
+                cancel: Cancel | None = None) -> Report:
     """Register ``scan`` to MNI (the lesion out of the cost) and summarise each lesion of
     ``mask`` (binary, on the scan's grid; an empty mask gives 0 lesions). A ``transform``
-    given (of this scan) is used instead of a new registration."""
+    given (of this scan) is used instead of a new registration; ``cancel`` stops the
+    registration (``Cancelled``)."""
     from .atlas import NAMES, lobe_atlas
 
     check_same_grid(scan, mask)
@@ -60,7 +62,8 @@ def make_report(scan: Volume, mask: Volume, *, mm: float = 2.0, nonlinear: bool 
     lesion = np.asarray(mask.data) > 0
     if transform is None:
         say("registering to MNI152 2009a")
-        transform = register_to_mni(scan, lesion, mm=mm, nonlinear=nonlinear, progress=say)
+        transform = register_to_mni(scan, lesion, mm=mm, nonlinear=nonlinear, progress=say,
+                                    cancel=cancel)
     atlas, mni_affine = lobe_atlas()
     template, _ = load_template("t1")
     gm, _ = load_template("gm")
@@ -114,6 +117,17 @@ def make_report(scan: Volume, mask: Volume, *, mm: float = 2.0, nonlinear: bool 
         "warnings": warnings,
     }
     return Report(summary, mni_t1, mni_mask, mni_affine, transform, warnings)
+
+
+def report_case(scan: Volume, mask: Volume, folder: str | Path, name: str, *,
+                overwrite: bool = False, mm: float = 2.0, nonlinear: bool = True,
+                transform: MniTransform | None = None, progress: Progress | None = None,
+                cancel: Cancel | None = None) -> tuple[Report, dict[str, Path]]:
+    """``make_report`` then ``write_report`` into ``folder`` (nothing is written when the
+    registration fails or is stopped): the report and the paths of its files."""
+    report = make_report(scan, mask, mm=mm, nonlinear=nonlinear, transform=transform,
+                         progress=progress, cancel=cancel)
+    return report, write_report(report, folder, name, overwrite=overwrite)
 
 
 def _voxel_ml(affine: np.ndarray) -> float:

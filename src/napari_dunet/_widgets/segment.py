@@ -25,10 +25,11 @@ from .. import model_store
 from ..errors import DunetError, InputError
 from .._reader import show_axial
 from ..io import Volume, strip_nifti_suffix
-from ..layers import (PREDICTION_COLORS, PREVIEW_COLORS, has_nifti_metadata, layer_volume,
-                      same_grid_kwargs)
+from ..layers import (PREDICTION_COLORS, PREVIEW_COLORS, has_nifti_metadata, layer_transform,
+                      layer_volume, same_grid_kwargs)
 from ..options import DEVICES, SegmentOptions
 from .layout import Panel, wrapped_label
+from .report import ReportSection
 from .runner import JobRunner, failure
 
 WHOLE, CURRENT_SLICE = "whole volume", "current slice"
@@ -165,6 +166,7 @@ class SegmentWidget(Panel):
         self.extend([self._image, self._weights, self._bundled, self._device, self._scope,
                      self._threshold, self._seed_threshold, self._show_probability,
                      self._radiological, self._run, self._cancel, self._progress, self._summary, self._save])
+        self._mni_report = ReportSection(self, viewer, lambda: self._image.value)
         self.fit()
 
         self._last: _Result | None = None  # the latest run, which the threshold slider changes
@@ -237,7 +239,7 @@ class SegmentWidget(Panel):
         if model_store.current_checkpoint() is None:
             raise InputError("Choose a weights file (.safetensors): this installation has no bundled "
                              "default weights.")
-        volume = layer_volume(image.data, image.metadata, _transform(image))
+        volume = layer_volume(image.data, image.metadata, layer_transform(image))
         if self._scope.value == WHOLE:
             return SegmentJob(volume, self._options())
         position = image.world_to_data(self._viewer.dims.point)
@@ -448,7 +450,7 @@ class SegmentWidget(Panel):
 
         try:
             written = Path(write_labels(path, layer.data, {"metadata": layer.metadata,
-                                                           **_transform(layer)})[0])
+                                                           **layer_transform(layer)})[0])
         except (DunetError, OSError) as exc:
             show_error(f"Could not save the mask to {path}: {exc}")
             return None
@@ -463,13 +465,6 @@ def save_folder(source: str | None) -> Path:
     if source and package not in Path(source).resolve().parents:
         return Path(source).parent
     return Path.home()
-
-
-def _transform(layer: Any) -> dict[str, Any]:
-    """A layer's napari transform as writer-style attributes."""
-    kwargs = same_grid_kwargs(layer)
-    kwargs.pop("units")
-    return kwargs
 
 
 def ready_to_paint(labels: Any, colors: dict = PREDICTION_COLORS) -> None:

@@ -68,7 +68,7 @@ def find_pairs(inputs: list[str], masks: Path | None) -> list[tuple[str, Path, P
 def run(args: argparse.Namespace) -> int:
     from ..errors import DunetError, InputError
     from ..io import load_mask, load_volume
-    from ..report import make_report, output_paths, write_report
+    from ..report import output_paths, report_case
     from ..registration import require_packages
     from .segment import check_output_folder
 
@@ -96,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"dunet report: [{number}/{len(todo)}] {name}: {message}", file=sys.stderr,
                       flush=True)
         try:
-            report = make_report(load_volume(scan), load_mask(mask), mm=args.resolution,
-                                 nonlinear=not args.affine_only, progress=say)
-            paths = write_report(report, args.output, name,
-                                 overwrite=args.overwrite or args.skip_existing)
+            report, paths = report_case(load_volume(scan), load_mask(mask), args.output, name,
+                                        overwrite=args.overwrite or args.skip_existing,
+                                        mm=args.resolution, nonlinear=not args.affine_only,
+                                        progress=say)
         except Exception as exc:  # noqa: BLE001 - one case's failure must not end a cohort
             failed.append(name)
             problem = (str(exc) if isinstance(exc, DunetError) else
