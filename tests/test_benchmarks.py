@@ -31,8 +31,8 @@ def test_inference_benchmark_quick_json(tmp_path):
     r = run_script("bench_inference.py", "--quick", "--json", "--plot", str(plot))
     for key in ("volume_seconds", "model_seconds", "naive_seconds", "naive_model_seconds",
                 "flops_per_volume", "flops_actually_computed", "matmul_flops_per_second",
-                "peak_memory_mb", "slice_seconds", "floor_seconds", "floor_ratio",
-                "peer_seconds", "peer_ratio", "peer_flops"):
+                "peak_memory_mb", "segment_peak_memory_mb", "slice_seconds", "floor_seconds",
+                "floor_ratio", "peer_seconds", "peer_ratio", "peer_flops"):
         assert positive(r[key]), (key, r[key])
     assert r["device"] == "cpu" and r["quick"] is True
     assert r["flops_per_volume"] == r["flops_per_stack"] * r["stacks_total"]
