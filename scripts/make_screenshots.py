@@ -1,5 +1,5 @@
 """Regenerate the user guide's screenshots (docs/images/guide_*.png, evaluation_widget.png) from
-the real napari viewer.
+the real napari viewer, and the sample's MNI report (docs/images/guide_report_*.png).
 
     xvfb-run -a -s "-screen 0 1280x800x24" python3 scripts/make_screenshots.py [--weights FILE]
 
@@ -8,12 +8,16 @@ screen) with all three of the plugin's panels docked as napari docks them (tabbe
 wide). With weights (``--weights``, or the ones bundled with the package) the lesion
 screenshots show the network's result from the Segment lesion widget; without weights they
 show the sample's manual tracing in its place. Last, the Evaluate panel scores that lesion
-against the sample's manual tracing (evaluation_widget.png).
+against the sample's manual tracing (evaluation_widget.png), and the Segment lesion panel
+writes that lesion's MNI report (guide_report_panel.png; the report's own figure as
+guide_report_mni.png, its Markdown printed; needs the report extra).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,6 +103,20 @@ def main() -> None:
     viewer.screenshot(OUT / "evaluation_widget.png", canvas_only=False)
     print(f"wrote {OUT}/guide_image.png, guide_lesion.png, guide_window.png, "
           f"evaluation_widget.png; lesion: {source}; {evaluate._status.value}")
+
+    report = widget._mni_report
+    in_front(widget)
+    report._mask.value = lesion
+    with tempfile.TemporaryDirectory() as folder:
+        report.start(report.job(folder))
+        while report._runner.worker is not None:
+            settle(0.2)
+        widget.native.verticalScrollBar().setValue(widget.native.verticalScrollBar().maximum())
+        settle()
+        viewer.screenshot(OUT / "guide_report_panel.png", canvas_only=False)
+        shutil.copy(Path(folder) / "sub-ch2_report.png", OUT / "guide_report_mni.png")
+        print((Path(folder) / "sub-ch2_report.md").read_text())
+    print(f"wrote {OUT}/guide_report_panel.png, guide_report_mni.png; {report._status.value}")
     viewer.close()
 
 

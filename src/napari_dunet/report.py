@@ -50,11 +50,12 @@ def check_same_grid(scan: Volume, mask: Volume) -> None:
 
 def make_report(scan: Volume, mask: Volume, *, mm: float = 2.0, nonlinear: bool = True,
                 transform: MniTransform | None = None, progress: Progress | None = None,
-                cancel: Cancel | None = None) -> Report:
+                cancel: Cancel | None = None, mask_label: str | None = None) -> Report:
     """Register ``scan`` to MNI (the lesion out of the cost) and summarise each lesion of
     ``mask`` (binary, on the scan's grid; an empty mask gives 0 lesions). A ``transform``
     given (of this scan) is used instead of a new registration; ``cancel`` stops the
-    registration (``Cancelled``)."""
+    registration (``Cancelled``). ``mask_label`` names the mask in the report (default: its
+    file)."""
     from .atlas import NAMES, lobe_atlas
 
     check_same_grid(scan, mask)
@@ -98,7 +99,7 @@ def make_report(scan: Volume, mask: Volume, *, mm: float = 2.0, nonlinear: bool 
                         f"MNI numbers.")
     summary = {
         "scan": str(scan.path) if scan.path else None,
-        "mask": str(mask.path) if mask.path else None,
+        "mask": mask_label or (str(mask.path) if mask.path else None),
         "template": "MNI152 2009a nonlinear symmetric (ICBM 2009a, 1 mm)",
         "atlas": "napari-dunet coarse hemisphere x lobe atlas (docs/report.md)",
         "registration": {"method": transform.method,
@@ -122,11 +123,12 @@ def make_report(scan: Volume, mask: Volume, *, mm: float = 2.0, nonlinear: bool 
 def report_case(scan: Volume, mask: Volume, folder: str | Path, name: str, *,
                 overwrite: bool = False, mm: float = 2.0, nonlinear: bool = True,
                 transform: MniTransform | None = None, progress: Progress | None = None,
-                cancel: Cancel | None = None) -> tuple[Report, dict[str, Path]]:
+                cancel: Cancel | None = None, mask_label: str | None = None
+                ) -> tuple[Report, dict[str, Path]]:
     """``make_report`` then ``write_report`` into ``folder`` (nothing is written when the
     registration fails or is stopped): the report and the paths of its files."""
     report = make_report(scan, mask, mm=mm, nonlinear=nonlinear, transform=transform,
-                         progress=progress, cancel=cancel)
+                         progress=progress, cancel=cancel, mask_label=mask_label)
     return report, write_report(report, folder, name, overwrite=overwrite)
 
 

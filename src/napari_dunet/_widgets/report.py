@@ -33,6 +33,7 @@ class ReportJob:
     name: str
     overwrite: bool = False
     transform: Any = None  # the scan's ``MniTransform`` from an earlier report
+    mask_label: str | None = None  # how the report names the mask
 
 
 def report_job(job: ReportJob, progress: Callable[[str], None] | None = None,
@@ -41,7 +42,8 @@ def report_job(job: ReportJob, progress: Callable[[str], None] | None = None,
     from ..report import report_case
 
     return report_case(job.scan, job.mask, job.folder, job.name, overwrite=job.overwrite,
-                       transform=job.transform, progress=progress, cancel=cancel)
+                       transform=job.transform, progress=progress, cancel=cancel,
+                       mask_label=job.mask_label)
 
 
 def panel_text(summary: dict, markdown: Path) -> str:
@@ -121,7 +123,8 @@ class ReportSection:
         path = image.metadata.get("path")
         name = case_name(path) if path else image.name.replace(" ", "_")
         return ReportJob(scan, Volume((mask.data > 0).astype("uint8"), mask.affine),
-                         Path(folder), name, overwrite, self._transforms.get(image))
+                         Path(folder), name, overwrite, self._transforms.get(image),
+                         f"napari layer '{labels.name}'")
 
     # -- running ---------------------------------------------------------------------------
     def _write_clicked(self) -> None:
