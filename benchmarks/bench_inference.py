@@ -187,8 +187,9 @@ def best_rate(fn, flops: int, device: torch.device, repeats: int) -> float:
     return flops / best
 
 
-def peak_rss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_rss_mb(maxrss: int | None = None) -> float:
+    """``ru_maxrss`` in MB: this process's, or ``maxrss`` as another process reported it."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if maxrss is None else maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB else
 
 
@@ -203,8 +204,7 @@ def command_peak_mb(path: Path, out: Path, args: argparse.Namespace) -> float:
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", code, *cli], capture_output=True, text=True,
                           check=True)
-    rss = int(done.stdout.split()[-1])
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+    return peak_rss_mb(int(done.stdout.split()[-1]))
 
 
 def agreement(reference: np.ndarray, other: np.ndarray, threshold: float,

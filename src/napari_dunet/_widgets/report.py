@@ -106,7 +106,7 @@ class ReportSection:
         for event in self._events:
             event.disconnect(self._layers_changed)
 
-    def job(self, folder: str | Path, overwrite: bool = False) -> ReportJob:
+    def job(self, folder: str | Path) -> ReportJob:
         """Check the inputs and collect the report of the chosen mask into ``folder``."""
         from ..registration import require_packages
 
@@ -123,8 +123,8 @@ class ReportSection:
         path = image.metadata.get("path")
         name = case_name(path) if path else image.name.replace(" ", "_")
         return ReportJob(scan, Volume((mask.data > 0).astype("uint8"), mask.affine),
-                         Path(folder), name, overwrite, self._transforms.get(image),
-                         f"napari layer '{labels.name}'")
+                         Path(folder), name, transform=self._transforms.get(image),
+                         mask_label=f"napari layer '{labels.name}'")
 
     # -- running ---------------------------------------------------------------------------
     def _write_clicked(self) -> None:
