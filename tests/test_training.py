@@ -475,6 +475,23 @@ def test_a_fine_tune_that_improves_is_saved_with_the_starting_thresholds(tiny_mo
     assert meta["training"]["cases"] == {"train": 2, "validation": 2}  # slices of both
 
 
+def test_a_fine_tune_replaces_its_start_only_with_a_gain_above_chance(tiny_model, tmp_path,
+                                                                      monkeypatch):
+    from napari_dunet.training.data import hold_back
+
+    cases = synthetic_cases(2)
+    base = base_checkpoint(tiny_model, tmp_path / "base.safetensors", trained_on=cases)
+    scores = iter([0.5, 0.505, 0.52, 0.521])  # the start, then epochs 1-3
+    monkeypatch.setattr(engine._Trainer, "_validate", lambda self, cancel: (s := next(scores), s))
+    out = tmp_path / "tuned.safetensors"
+    result = engine.train(*hold_back(cases, 0.2), config(tiny_model, epochs=3, min_gain=0.01),
+                          out, init=base)
+    assert [m.saved for m in result.history] == [False, True, True]  # +0.005 is not enough
+    assert result.best_epoch == 3 and read_metadata(out)["training"]["epoch"] == 3
+    with pytest.raises(InputError, match="least gain"):
+        config(tiny_model, min_gain=1.0).check()
+
+
 def test_stop_while_preparing_is_answered_at_once(tiny_model, tmp_path, monkeypatch):
     import threading
     import time

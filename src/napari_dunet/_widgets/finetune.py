@@ -97,7 +97,7 @@ class FinetuneWidget(Panel):
             choices=[("decoder (quick)" if v == "decoder" else "all layers", v) for v in TRAIN_LAYERS],
             tooltip="decoder: only the decoder learns, the encoder stays as it was (faster steps, "
                     "and the model keeps more of what it knew); all layers: for many cases")
-        self._crop = SpinBox(label="Crop size", value=defaults.crop_size, min=0, max=defaults.input_size,
+        self._crop = SpinBox(label="Crop size", value=defaults.crop_size or 0, min=0, max=defaults.input_size,
                              step=16, tooltip="Train on windows of this many pixels, centred on "
                                               "the lesion in lesion slices (faster); 0: whole slices")
         self._steps = SpinBox(label="Steps/epoch", value=defaults.steps_per_epoch, min=0, max=100_000,

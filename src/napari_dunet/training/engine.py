@@ -7,8 +7,9 @@ callbacks. After every epoch, rank 0 writes (atomically)
 * ``out``: the model with the best validation DSC so far (the last model when there is no
   validation case), a checkpoint that ``checkpoint.load_checkpoint`` and segmentation read;
   a fine-tune (``init``) with validation cases first scores its starting weights on them
-  (``StartScore``) and writes ``out`` only for an epoch that beats them, with the starting
-  checkpoint's threshold and seed threshold (validation masks are made with them too);
+  (``StartScore``) and writes ``out`` only for an epoch that beats them by more than
+  ``config.min_gain``, with the starting checkpoint's threshold and seed threshold
+  (validation masks are made with them too);
 * ``state_path(out)``: the last model, the optimizer and the epoch count, for ``resume``.
 
 Every epoch draws its batches and augmentations from generators seeded by (seed, epoch, rank),
@@ -311,7 +312,8 @@ class _Trainer:
                 val_dsc, val_global = interruptible(lambda: self._validate(cancel), stop)
             except Cancelled:
                 return self._result("cancelled")
-            improved = val_dsc is None or self.best is None or val_dsc > self.best["val_dsc"]
+            improved = val_dsc is None or self.best is None or val_dsc > self.best["val_dsc"] + (
+                self.config.min_gain if self.best["epoch"] == 0 else 0.0)
             self.stale = 0 if improved else self.stale + 1
             metrics = EpochMetrics(epoch, loss_sum / loss_count, val_dsc, val_global,
                                    time.perf_counter() - started, saved=improved)
@@ -440,7 +442,8 @@ class _Trainer:
             message = "Stopped before the first epoch finished; no model was saved."
         elif not best_epoch:  # a checked fine-tune: no epoch beat the starting weights
             tried = [m.val_dsc for m in self.history if m.val_dsc is not None]
-            why = (f"no epoch beat their validation DSC {best_dsc:.3f} (best epoch "
+            margin = f" by more than {self.config.min_gain:g}" if self.config.min_gain else ""
+            why = (f"no epoch beat their validation DSC {best_dsc:.3f}{margin} (best epoch "
                    f"{max(tried):.3f})" if tried else
                    f"stopped before the first epoch finished (validation DSC {best_dsc:.3f})")
             message = f"Kept the starting weights: {why}; {self.out.name} was not written."

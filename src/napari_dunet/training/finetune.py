@@ -5,8 +5,8 @@
 ``interrupt.interruptible``), holds part of them back (``data.hold_back``), adds synthetic
 rehearsal cases against forgetting, and trains from ``init`` with ``engine.training_events``,
 which scores the starting weights on the held-back data first and writes the output only for
-an epoch that beats them (with the starting threshold and seed threshold). Otherwise the
-starting weights stay in use.
+an epoch that beats them by more than ``config.min_gain`` (with the starting threshold and
+seed threshold). Otherwise the starting weights stay in use.
 """
 
 from __future__ import annotations
