@@ -86,7 +86,7 @@ class SynthRanges:
     gliotic: float = 0.3  # share of lesions mostly gliosis: their rim reaches gliotic_rim_mm deep
     gliotic_rim_mm: tuple[float, float] = (3.0, 10.0)
     mottle: tuple[float, float] = (0.0, 0.5)  # largest pull of lesion voxels towards the tissue
-    cavity_like_csf: float = 0.5  # share of draws whose cavity is exactly a CSF class (level,
+    cavity_like_csf: float = 0.25  # share of draws whose cavity is exactly a CSF class (level,
     # texture, no mottle), where the CSF stands out from the tissues: only shape and place tell it
     strands: float = 0.4  # share of lesions whose cavity is crossed by strands of gliotic tissue
     strand_mm: tuple[float, float] = (2.0, 5.0)  # grain of the strands' random field
