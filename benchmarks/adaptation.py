@@ -14,13 +14,13 @@ of cases with lesion masks instead (as ``dunet segment`` finds them, in name ord
 real MS T1 scans of ``../shared/data/real/ms_t1``. For each N in ``--shots`` and each budget in
 ``--minutes`` the model starts from ``--weights`` and is fine-tuned on the domain's first N
 cases through the Fine-tune panel's path (``training.finetune.fine_tune_events`` in its quick
-mode, ``training.config.QUICK``: the decoder only, epochs of 40 steps of 8 stacks, 96 x 96
-crops, Adam 3e-5, normalisation statistics kept, 2 synthetic rehearsal cases per corrected
+mode, ``training.config.QUICK``: the decoder only, epochs of 40 steps of 8 whole slices,
+Adam 1e-4, normalisation statistics kept, 2 synthetic rehearsal cases per corrected
 case (20 at most) mixed in, ``HOLD_BACK`` of the corrected data held back to check on, the
 dtype measured fastest; options change each). The run keeps its starting weights unless an
-epoch beat them on the held-back data; the weights it ends with are scored on the ``--eval``
-cases after the largest N (never trained on) and, with ``--source``, on cases of the domain
-the starting weights were trained on (forgetting). Prints a table, writes JSON and a curve of
+epoch beat them on the held-back data by more than ``TrainConfig.min_gain``; the weights it
+ends with are scored on the ``--eval`` cases after the largest N (never trained on) and, with
+``--source``, on cases of the domain the starting weights were trained on (forgetting). Prints a table, writes JSON and a curve of
 DSC against N. Not a test: nothing asserts a figure.
 """
 

@@ -54,7 +54,7 @@ def make_widget(viewer, tmp_path, epochs):
     from napari_dunet._widgets.finetune import FinetuneWidget
 
     widget = FinetuneWidget(viewer)
-    assert widget._rehearsal.value == QUICK_REHEARSAL_PER_CASE  # quick default (nilearn here)
+    assert widget._rehearsal.value == QUICK_REHEARSAL_PER_CASE  # quick default: none
     widget.config_overrides = dict(FAST)
     widget._epochs.value, widget._crop.value, widget._rehearsal.value = epochs, 0, 0
     widget._out.value = tmp_path / "tuned.safetensors"
@@ -98,7 +98,8 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
     _, meta = load_checkpoint(out)
     assert meta["model"] == "dunet-tiny" and meta["training"]["init"] == str(tiny_checkpoint)
     assert meta["training"]["cases"] == {"train": 4, "validation": 2}  # 2 pairs, 2 synthetic
-    assert meta["training"]["case_names"][-2:] == ["rehearsal-0", "rehearsal-1"]
+    assert [n.split("-Subject_")[0] for n in meta["training"]["case_names"][-2:]] == [
+        "rehearsal-0", "rehearsal-1"]  # each with the real lesion shape it was drawn with
     config = meta["training"]["config"]
     assert config["max_minutes"] == 2  # the panel's default time limit (quick mode)
     assert config["train_layers"] == "decoder" and config["crop_size"] == 16  # set in the panel

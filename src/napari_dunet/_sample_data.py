@@ -10,6 +10,7 @@ from pathlib import Path
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 SAMPLE_IMAGE = SAMPLE_DIR / "sub-ch2_T1w.nii.gz"
 SAMPLE_MASK = SAMPLE_DIR / "sub-ch2_label-L_desc-T1lesion_mask.nii.gz"
+LESION_SHAPES = SAMPLE_DIR / "lesion_shapes"  # real lesion masks for rehearsal cases
 
 
 def t1_with_lesion() -> list[tuple]:

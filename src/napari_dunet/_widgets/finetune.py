@@ -111,9 +111,9 @@ class FinetuneWidget(Panel):
             "model (a few batches would replace them and break the model)"))
         nilearn = _has_nilearn()
         self._rehearsal = SpinBox(
-            label="Rehearsal", value=QUICK_REHEARSAL_PER_CASE if nilearn else 0, min=0,
+            label="Rehearsal", value=QUICK_REHEARSAL_PER_CASE, min=0,
             max=10, enabled=nilearn,
-            tooltip=f"Synthetic cases per training pair (MNI152 template, made-up lesions; "
+            tooltip=f"Synthetic cases per training pair (MNI152 template, real lesion shapes; "
                     f"{MAX_REHEARSAL} at most) trained on beside yours, so that the model forgets less of what "
                     "it knew; needs nilearn (pip install 'napari-dunet[synth]')")
         self._hold_back = SpinBox(

@@ -67,9 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the encoder stays as --init has it (quick few-case fine-tuning: "
                              "faster steps, less forgetting)")
     parser.add_argument("--rehearsal", type=int, default=0, metavar="K",
-                        help="also train on K synthetic T1 cases (MNI152 template, procedural "
-                             "lesions; needs nilearn) so that a few-case fine-tune forgets less "
-                             "of what --init knew (default 0)")
+                        help="also train on K synthetic cases (label-map draws on the MNI152 "
+                             "template with shipped real lesion shapes; needs nilearn) so that a "
+                             "few-case fine-tune forgets less of what --init knew (default 0)")
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, metavar="K",
                         help="raise the learning rate linearly over the first K steps (default 0)")
     parser.add_argument("--max-minutes", type=float, metavar="M",

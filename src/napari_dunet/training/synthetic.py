@@ -195,18 +195,22 @@ def validation_cases(source: SynthSource, count: int, seed: int = 10_000) -> lis
 
 def rehearsal_cases(count: int, seed: int = 0, input_size: int = INPUT_SIZE,
                     scheme: str = DEFAULT_SCHEME) -> list[TrainingCase]:
-    """``count`` synthetic T1 cases to mix into a fine-tune against forgetting: the MNI152
-    template (needs nilearn) with procedural lesions, painted by ``synth.synthesize_case``."""
+    """``count`` synthetic cases to mix into a fine-tune against forgetting: draws of the
+    default weights' own training distribution (``labelsynth.draw_scan``: random contrast,
+    shape, resolution and view) on nilearn's MNI152 template (needs nilearn), with the real
+    lesion shapes shipped in ``sample_data/lesion_shapes`` (16 of those they were trained on)."""
     return list(rehearsal_draws(count, seed, input_size, scheme))
 
 
 def rehearsal_draws(count: int, seed: int = 0, input_size: int = INPUT_SIZE,
                     scheme: str = DEFAULT_SCHEME) -> Iterator[TrainingCase]:
     """``rehearsal_cases`` one at a time (the template is read at the first)."""
-    from .. import synth
+    from .._sample_data import LESION_SHAPES
+    from ..io import nifti_files
 
-    anatomy = synth.load_mni_anatomy()
+    drawer = CaseDrawer(SynthSource(("mni",), tuple(nifti_files(LESION_SHAPES)),
+                                    input_size=input_size, scheme=scheme))
     for index in range(count):
-        image, mask = synth.synthesize_case(anatomy, None, np.random.default_rng([seed, index]))
-        yield prepare_case(image.data, mask.data, image.affine, f"rehearsal-{index}",
-                           input_size, scheme=scheme)
+        case = drawer.draw((seed, index))
+        case.name = f"rehearsal-{index}-" + case.name.split("-")[2]  # e.g. rehearsal-0-Subject_066
+        yield case
