@@ -114,13 +114,18 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
 
 
 def test_a_run_that_does_not_beat_the_start_keeps_the_model(make_napari_viewer, qtbot, tmp_path,
-                                                            tiny_checkpoint, scores):
+                                                            tiny_checkpoint, scores, monkeypatch):
     scores += [0.5, 0.45, 0.5]  # the start is never beaten
     viewer = make_napari_viewer()
     add_case(viewer, 0)
     widget = make_widget(viewer, tmp_path, epochs=2)
     out = widget._out.value
+    from napari_dunet._widgets import finetune as finetune_panel
+
+    shown = []
+    monkeypatch.setattr(finetune_panel, "show_info", shown.append)
     widget.start()
+    assert shown == [finetune_panel.ONE_PAIR_NOTE]  # one case: said before it runs
     qtbot.waitUntil(lambda: widget._runner.worker is None, timeout=TIMEOUT_MS)
     assert widget._result.value == ("DSC 0.500 at the start, fine-tuned 0.500 at best: the "
                                     "starting model is kept")

@@ -39,6 +39,13 @@ MODEL_FOLDER = Path.home() / "napari-dunet" / "models"
 PROGRESS_STEPS = 1000
 
 
+# measured (docs/training.md, "Does it pay off?"): one corrected case lowered the other cases of
+# its domain by 0.02-0.03 while three raised them
+ONE_PAIR_NOTE = ("One training pair: the new model is checked on slices of that same case, so "
+                 "it may fit this scan and do worse on others. Correct three or more cases "
+                 "before relying on it elsewhere.")
+
+
 @dataclass
 class FinetuneJob:
     """What a run needs, collected in the GUI thread (no napari objects)."""
@@ -243,6 +250,8 @@ class FinetuneWidget(Panel):
         init = model_store.current_checkpoint()
         notes = [] if init is not None else [
             "No weights are loaded, so a new model is trained from scratch."]
+        if len(pairs) == 1:
+            notes.append(ONE_PAIR_NOTE)
         rehearsal = rehearsal_count(len(pairs), int(self._rehearsal.value))
         return FinetuneJob(pairs, config, out, init, self._hold_back.value / 100, rehearsal,
                            notes)
