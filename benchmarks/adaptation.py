@@ -15,13 +15,12 @@ real MS T1 scans of ``../shared/data/real/ms_t1``. For each N in ``--shots`` and
 ``--minutes`` the model starts from ``--weights`` and is fine-tuned on the domain's first N
 cases through the Fine-tune panel's path (``training.finetune.fine_tune_events`` in its quick
 mode, ``training.config.QUICK``: the decoder only, epochs of 40 steps of 8 whole slices,
-Adam 1e-4, normalisation statistics kept, 2 synthetic rehearsal cases per corrected
-case (20 at most) mixed in, ``HOLD_BACK`` of the corrected data held back to check on, the
-dtype measured fastest; options change each). The run keeps its starting weights unless an
-epoch beat them on the held-back data by more than ``TrainConfig.min_gain``; the weights it
-ends with are scored on the ``--eval`` cases after the largest N (never trained on) and, with
-``--source``, on cases of the domain the starting weights were trained on (forgetting). Prints a table, writes JSON and a curve of
-DSC against N. Not a test: nothing asserts a figure.
+Adam 1e-4, normalisation statistics kept, no synthetic rehearsal cases, ``HOLD_BACK`` of the
+corrected data held back to check on, the dtype measured fastest; options change each). The
+run keeps its starting weights unless an epoch beat them on the held-back data by more than
+``TrainConfig.min_gain``; the weights it ends with are scored on the ``--eval`` cases after
+the largest N (never trained on) and, with ``--source``, on cases of the domain the starting
+weights were trained on (forgetting). Prints a table, writes JSON and a curve of DSC against N. Not a test: nothing asserts a figure.
 """
 
 from __future__ import annotations
@@ -159,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also fine-tune on M source cases (the ones after the scored "
                              "ones), against forgetting (default 0)")
     parser.add_argument("--rehearsal-per-case", type=int, default=QUICK_REHEARSAL_PER_CASE,
-                        metavar="K", help="also fine-tune on K synthetic MNI cases with "
-                        f"procedural lesions per corrected case ({MAX_REHEARSAL} at most; dunet train "
-                        f"--rehearsal), against forgetting (default {QUICK_REHEARSAL_PER_CASE})")
+                        metavar="K", help="also fine-tune on K synthetic rehearsal cases "
+                        f"(label-map draws with real lesion shapes) per corrected case "
+                        f"({MAX_REHEARSAL} at most; dunet train --rehearsal), against forgetting "
+                        f"(default {QUICK_REHEARSAL_PER_CASE})")
     parser.add_argument("--data", type=Path, default=DATA, metavar="DIR")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--update-norm", dest="freeze_norm", action="store_false",

@@ -109,7 +109,7 @@ QUICK = {"train_layers": "decoder", "lr": 1e-4, "crop_size": None, "steps_per_ep
          "val_batch_size": 4}
 HOLD_BACK = 0.2  # share of the corrected data a fine-tune holds back to check each epoch on
 QUICK_REHEARSAL_PER_CASE = 0
-MAX_REHEARSAL = 20  # about 40 s to draw on a 2-core CPU
+MAX_REHEARSAL = 20  # about a minute to draw on a 2-core CPU (about 3 s each)
 
 
 def rehearsal_count(n_cases: int, per_case: int = QUICK_REHEARSAL_PER_CASE) -> int:

@@ -68,8 +68,9 @@ class CaseDrawer:
         self.lesions = [load_mask(p) for p in source.lesions]
         self._placed: dict[tuple[int, int, bool], np.ndarray] = {}
 
-    def draw(self, seed: Sequence[int]) -> TrainingCase:
-        """One case; the same ``seed`` gives the same case."""
+    def draw(self, seed: Sequence[int], label: str = "synth") -> TrainingCase:
+        """One case; the same ``seed`` gives the same case. Named ``synth-<anatomy>-<lesion
+        shape>-<seed>``, or ``<label>-<lesion shape>`` for another ``label``."""
         from .. import labelsynth
 
         rng = np.random.default_rng(list(seed))
@@ -82,8 +83,9 @@ class CaseDrawer:
         else:
             raise InputError("no lesion mask reaches the anatomies' brains.")
         image, mask = labelsynth.draw_scan(self.anatomies[a], lesion, rng)
-        name = f"synth-{self.anatomies[a].name}-{self.source.lesions[k].name.split('.')[0]}" \
-               f"{'-mirrored' if mirror else ''}-{'-'.join(map(str, seed))}"
+        shape = f"{self.source.lesions[k].name.split('.')[0]}{'-mirrored' if mirror else ''}"
+        name = f"{label}-{self.anatomies[a].name}-{shape}-{'-'.join(map(str, seed))}" \
+            if label == "synth" else f"{label}-{shape}"
         with warnings.catch_warnings():  # lesion-free draws are meant (SynthRanges.lesion_free)
             warnings.filterwarnings("ignore", message=".*the lesion mask is empty")
             return prepare_case(image.data, mask.data, image.affine, name,
@@ -211,6 +213,4 @@ def rehearsal_draws(count: int, seed: int = 0, input_size: int = INPUT_SIZE,
     drawer = CaseDrawer(SynthSource(("mni",), tuple(nifti_files(LESION_SHAPES)),
                                     input_size=input_size, scheme=scheme))
     for index in range(count):
-        case = drawer.draw((seed, index))
-        case.name = f"rehearsal-{index}-" + case.name.split("-")[2]  # e.g. rehearsal-0-Subject_066
-        yield case
+        yield drawer.draw((seed, index), label=f"rehearsal-{index}")  # rehearsal-0-Subject_066
