@@ -211,10 +211,15 @@ def test_mottle_pulls_lesion_voxels_part_of_the_way_to_the_tissue_and_leaves_the
     assert moved.std() > 0.02  # a field, not one level
 
 
-def test_cavity_is_plain_csf_in_a_share_of_draws_and_never_hidden_in_the_tissue():
-    """A chronic cavity is fluid: in about ``cavity_like_csf`` of the draws whose CSF stands
-    clear of the tissues it takes a CSF class's exact level, told from CSF only by shape."""
-    ranges = labelsynth.SynthRanges()
+def test_cavity_is_plain_csf_in_a_share_of_t1_draws_and_never_hidden_in_the_tissue():
+    """A chronic cavity on a T1 is fluid: in about ``cavity_like_csf`` of the T1-order draws
+    whose CSF stands clear of the tissues it takes a CSF class's exact level, told from CSF only
+    by shape. Draws in T2 or any order keep their own core level."""
+    for seed in range(100):
+        means, fluid = labelsynth.label_intensities(
+            np.random.default_rng(seed), labelsynth.SynthRanges(t1_like=0.0, t2_like=0.5))
+        assert fluid is None
+    ranges = labelsynth.SynthRanges(t1_like=1.0, t2_like=0.0)
     plain, clear = 0, 0
     for seed in range(300):
         means, fluid = labelsynth.label_intensities(np.random.default_rng(seed), ranges)
@@ -236,7 +241,7 @@ def test_a_plain_csf_cavity_is_drawn_with_the_csf_texture_and_no_mottle(ch2_labe
     box = tuple(slice(a, b + 1) for a, b in zip(*(lambda i: (i.min(0), i.max(0)))(np.argwhere(lesion))))
     sub = labels[box]
     fluid = labelsynth.SynthRanges(cavity_like_csf=1.0, blur_mm=(0.0, 0.0), mottle=(0.5, 0.5))
-    for seed in range(40):  # the first draw in T1 or T2 order whose CSF is clear of the tissues
+    for seed in range(40):  # the first draw in T1 order whose CSF is clear of the tissues
         rng = np.random.default_rng(seed)
         means, cls = labelsynth.label_intensities(np.random.default_rng(seed), fluid)
         if cls is not None:

@@ -86,8 +86,9 @@ class SynthRanges:
     gliotic: float = 0.3  # share of lesions mostly gliosis: their rim reaches gliotic_rim_mm deep
     gliotic_rim_mm: tuple[float, float] = (3.0, 10.0)
     mottle: tuple[float, float] = (0.0, 0.5)  # largest pull of lesion voxels towards the tissue
-    cavity_like_csf: float = 0.25  # share of draws whose cavity is exactly a CSF class (level,
-    # texture, no mottle), where the CSF stands out from the tissues: only shape and place tell it
+    cavity_like_csf: float = 0.5  # share of T1-order draws whose cavity is exactly a CSF class
+    # (level, texture, no mottle): only shape and place tell it. T2-order and any-order draws keep
+    # the randomised core, as the shipped weights learned it (the real stroke T2 check)
     strands: float = 0.4  # share of lesions whose cavity is crossed by strands of gliotic tissue
     strand_mm: tuple[float, float] = (2.0, 5.0)  # grain of the strands' random field
     strand_share: tuple[float, float] = (0.05, 0.2)  # share of the cavity they take
@@ -317,7 +318,7 @@ def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRange
         means[CORE] = csf + rng.uniform(-0.1, 0.1) * abs(tissue - csf)
     grey_white = [float(means[list(v)].mean()) for v in (GM, WM)]
     means[CORE] = _visible(float(means[CORE]), csf, grey_white, ranges.lesion_contrast, rng)
-    fluid = _cavity_like_csf(means, rng, ranges)
+    fluid = _cavity_like_csf(means, rng, ranges) if order < ranges.t1_like else None
     if fluid is not None:
         means[CORE] = means[fluid]
     means[RIM] = means[CORE] + rng.uniform(0.2, 0.8) * (tissue - means[CORE])
@@ -356,9 +357,10 @@ def _paint(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) ->
 
 def _cavity_like_csf(means: np.ndarray, rng: np.random.Generator,
                      ranges: SynthRanges) -> int | None:
-    """The CSF class whose level and texture the cavity takes in this draw (``cavity_like_csf``
-    of the draws, where every CSF class stands ``lesion_contrast`` clear of the grey and white
-    matter), else None: a chronic cavity is fluid, told from CSF only by its shape and place."""
+    """The CSF class whose level and texture the cavity takes in this T1-order draw
+    (``cavity_like_csf`` of them, where every CSF class stands ``lesion_contrast`` clear of the
+    grey and white matter), else None: a chronic cavity is fluid, told from CSF only by its shape
+    and place."""
     if rng.random() >= ranges.cavity_like_csf:
         return None
     tissues = [float(means[list(v)].mean()) for v in (GM, WM)]
