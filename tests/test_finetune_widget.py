@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +229,37 @@ def test_importing_the_widget_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+TRAIN_IN_A_VIEWER = """
+import sys
+import napari
+import numpy as np
+from qtpy.QtWidgets import QApplication
+
+sys.path.insert(0, {tests!r})
+from conftest import make_head
+
+viewer = napari.Viewer(show=True)  # the canvas: Mesa's OpenGL (and its LLVM) on Xvfb
+QApplication.processEvents()
+from napari_dunet.training.config import TrainConfig
+from napari_dunet.training.data import prepare_case
+from napari_dunet.training.engine import train
+
+image, mask = make_head()
+case = prepare_case(image, mask, np.diag([1.0, 1.0, 3.0, 1.0]), "head", 32)
+config = TrainConfig(epochs=1, batch_size=2, steps_per_epoch=1, input_size=32, device="cpu")
+result = train([case], [], config, {out!r})
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                    reason="triton is not installed (PyPI's CUDA builds of torch bring it)")
+def test_training_in_a_viewer_on_software_opengl_survives_an_installed_triton(tmp_path):
+    """Triton's LLVM crashes the process beside Mesa's: a CPU run must not import it."""
+    script = TRAIN_IN_A_VIEWER.format(tests=str(Path(__file__).parent),
+                                      out=str(tmp_path / "out.safetensors"))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "out.safetensors").is_file()

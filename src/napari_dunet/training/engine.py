@@ -22,6 +22,7 @@ process it is answered at once: a step or check in hand is left to finish on its
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,6 +158,17 @@ def training_events(train_cases: Sequence[TrainingCase], val_cases: Sequence[Tra
         trainer.release()
 
 
+def _without_triton_when_no_gpu() -> None:
+    """Mark triton absent on a machine without a CUDA device, unless it is imported already.
+
+    Triton compiles GPU kernels only, yet torch's optimizers import it on first use wherever it
+    is installed (PyPI's CUDA builds of torch bring it), and its own LLVM crashes the process on
+    import (segmentation fault) beside Mesa's, which napari on software OpenGL has loaded.
+    """
+    if not torch.cuda.is_available() and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # import triton: ImportError
+
+
 class _Trainer:
     def __init__(self, train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase],
                  config: TrainConfig, out: Path, init: str | Path | None, resume: bool,
@@ -179,6 +191,7 @@ class _Trainer:
         self.device = resolve_device(config.device)
         if self.device.type == "cuda" and dist.enabled:
             self.device = torch.device("cuda", dist.local_rank)
+        _without_triton_when_no_gpu()
         self.train_cases, self.val_cases = list(train_cases), list(val_cases)
         self.sampler = BalancedSampler(self.train_cases, config.batch_size, config.lesion_fraction)
         head_slices, n_train, n_val = dist.sum(
