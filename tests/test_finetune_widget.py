@@ -223,8 +223,6 @@ def test_folder_pairs_are_listed(make_napari_viewer, tmp_path):
 
 
 def test_importing_the_widget_does_not_import_torch():
-    import subprocess
-
     code = ("import sys, napari_dunet._widgets.finetune; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -249,7 +247,7 @@ from napari_dunet.training.engine import train
 image, mask = make_head()
 case = prepare_case(image, mask, np.diag([1.0, 1.0, 3.0, 1.0]), "head", 32)
 config = TrainConfig(epochs=1, batch_size=2, steps_per_epoch=1, input_size=32, device="cpu")
-result = train([case], [], config, {out!r})
+train([case], [], config, {out!r})
 """
 
 
