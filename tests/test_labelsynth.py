@@ -284,6 +284,34 @@ def test_ex_vacuo_widening_stays_near_the_lesion(ch2_labels, lesion):
     assert ndi.distance_transform_edt(~csf_before)[grown].max() <= 5.0 + 1e-6
 
 
+def test_tissue_loss_is_drawn_in_t1_order_draws_only(ch2_labels, lesion, monkeypatch):
+    """Strands, ex-vacuo widening and cortical loss come with T1-order draws only; without them
+    nothing outside the lesion changes and the cavity is whole."""
+    every = labelsynth.SynthRanges(ex_vacuo_mm=(5.0, 5.0), sulci_mm=(2.0, 2.0), cortical_loss=1.0,
+                                   strands=1.0, gliotic=0.0)
+    kept = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(4), every,
+                                  tissue_loss=False)
+    assert np.array_equal(kept[~lesion], ch2_labels.labels[~lesion])
+    plain = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(4),
+                                   labelsynth.SynthRanges(strands=0.0, gliotic=0.0))
+    assert np.array_equal(kept[lesion], plain[lesion])  # no strands in the cavity
+    lost = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(4), every)
+    assert (lost[~lesion] != ch2_labels.labels[~lesion]).sum() > 2000
+
+    asked = []
+    orders = []
+    real_with_lesion, real_order = labelsynth.with_lesion, labelsynth.tissue_order
+    monkeypatch.setattr(labelsynth, "with_lesion",
+                        lambda *a, **k: asked.append(k["tissue_loss"]) or real_with_lesion(*a, **k))
+    monkeypatch.setattr(labelsynth, "tissue_order",
+                        lambda *a: orders.append(real_order(*a)) or orders[-1])
+    drawn = labelsynth.SynthRanges(painted=0.0, thick_slices=0.0)
+    for seed in range(12):
+        labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(seed), drawn)
+    assert asked == [order == labelsynth.T1_ORDER for order in orders]
+    assert set(orders) == {labelsynth.T1_ORDER, labelsynth.T2_ORDER, labelsynth.ANY_ORDER}
+
+
 def test_rehearsal_cases_draw_the_shipped_real_lesion_shapes_where_they_were_traced(shared_data):
     from napari_dunet._sample_data import LESION_SHAPES
     from napari_dunet.training.synthetic import rehearsal_cases

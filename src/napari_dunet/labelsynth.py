@@ -6,9 +6,10 @@ random intensities per label, random deformation, random resolution and random a
 the shape of a lesion, not one scanner's look. Every draw (``draw_scan``):
 
 1. a real lesion shape (optionally mirrored) becomes a cavity core and a gliotic rim in the
-   anatomy's label map, the cavity in some draws crossed by strands of tissue; the nearby
-   ventricle and sulci widen (ex vacuo) and nearby cortex thins (a share of draws leaves the
-   head lesion-free, so that whole healthy heads are seen too);
+   anatomy's label map; in draws with T1 tissue order (drawn first, see 4) the cavity is in some
+   draws crossed by strands of tissue, the nearby ventricle and sulci widen (ex vacuo) and
+   nearby cortex thins (a share of draws leaves the head lesion-free, so that whole healthy
+   heads are seen too);
 2. the skull and scalp labels are kept, or removed (brain-extracted scans);
 3. random affine (rotation, scaling, shift) and smooth elastic deformation, in one resampling;
 4. an intensity per label: T1-like order in many draws (CSF < GM < WM, lesion core near CSF),
@@ -57,6 +58,7 @@ N_LABELS = 13
 BRAIN = CSF + GM + WM + (CORE, RIM)
 EXTRA_AXIAL_MM = 2.0  # the dark band this deep around the brain of a skull-on scan is CSF
 VENTRICLE_DEPTH_MM = 8.0  # CSF this deep inside the brain is taken for the ventricles
+T1_ORDER, T2_ORDER, ANY_ORDER = "t1", "t2", "any"  # tissue orders of a draw
 TISSUE_LEVELS = {"head": HEAD, "csf": CSF, "gm": GM, "wm": WM}
 
 
@@ -89,6 +91,7 @@ class SynthRanges:
     cavity_like_csf: float = 0.5  # share of T1-order draws whose cavity is exactly a CSF class
     # (level, texture, no mottle): only shape and place tell it. T2-order and any-order draws keep
     # the randomised core, as the shipped weights learned it (the real stroke T2 check)
+    # tissue loss around the lesion (strands, ex-vacuo widening, cortical loss): T1-order draws only
     strands: float = 0.4  # share of lesions whose cavity is crossed by strands of gliotic tissue
     strand_mm: tuple[float, float] = (2.0, 5.0)  # grain of the strands' random field
     strand_share: tuple[float, float] = (0.05, 0.2)  # share of the cavity they take
@@ -189,11 +192,12 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
     if painted:  # bias field and noise come with the painting
         image, mask = _painted(anatomy, drawn, rng, ranges)
     else:
-        labels = with_lesion(anatomy.labels, drawn, rng, ranges)
+        order = tissue_order(rng, ranges)
+        labels = with_lesion(anatomy.labels, drawn, rng, ranges, tissue_loss=order == T1_ORDER)
         if anatomy.has_skull and rng.random() < ranges.strip_skull:
             labels[np.isin(labels, HEAD + (OTHER,))] = BACKGROUND
         labels = _deform(labels, rng, ranges)
-        image = _paint(labels, rng, ranges)
+        image = _paint(labels, rng, ranges, order)
         mask = ((labels == CORE) | (labels == RIM)).astype(np.float32)
     image, mask, spacing = _field_of_view_and_slices(image, mask, rng, ranges)
     if not painted:
@@ -204,11 +208,13 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
 
 
 def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator,
-                ranges: SynthRanges = SynthRanges()) -> np.ndarray:
-    """A copy of ``labels`` with the lesion as cavity core and gliotic rim, as a chronic infarct
-    looks on T1: ex-vacuo widening of nearby CSF spaces (ventricle, sulci), in some draws loss
-    of the cortex next to it, and in some strands of tissue crossing the cavity
-    (encephalomalacia); all within a box around the lesion."""
+                ranges: SynthRanges = SynthRanges(), tissue_loss: bool = True) -> np.ndarray:
+    """A copy of ``labels`` with the lesion as cavity core and gliotic rim; with
+    ``tissue_loss``, as a chronic infarct looks on T1: ex-vacuo widening of nearby CSF spaces
+    (ventricle, sulci), in some draws loss of the cortex next to it, and in some strands of
+    tissue crossing the cavity (encephalomalacia); all within a box around the lesion.
+    ``draw_scan`` asks for the tissue loss in T1-order draws only: drawn in every contrast it
+    lost a real T2's bright infarct (training/README.md, stages 22 and 22c)."""
     labels = labels.copy()
     if not lesion.any():
         return labels
@@ -221,14 +227,14 @@ def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator
     deep = ndi.distance_transform_edt(np.isin(sub, BRAIN)) >= VENTRICLE_DEPTH_MM
     for spaces, widths in ((fluid & deep, ranges.ex_vacuo_mm), (fluid & ~deep, ranges.sulci_mm)):
         widen = rng.uniform(*widths)
-        if widen > 0 and spaces.any():
+        if tissue_loss and widen > 0 and spaces.any():
             sub[near & (ndi.distance_transform_edt(~spaces) <= widen)] = CSF[0]
-    if rng.random() < ranges.cortical_loss:
+    if rng.random() < ranges.cortical_loss and tissue_loss:
         sub[np.isin(sub, GM) & (outside_mm <= rng.uniform(1.0, 3.0))] = CSF[0]
     depth_mm = ndi.distance_transform_edt(les)
     rim_mm = ranges.gliotic_rim_mm if rng.random() < ranges.gliotic else ranges.rim_mm
     sub[les] = np.where(depth_mm[les] <= rng.uniform(*rim_mm), RIM, CORE)
-    if rng.random() < ranges.strands:
+    if rng.random() < ranges.strands and tissue_loss:
         sub[_strands(sub == CORE, rng, ranges)] = RIM
     labels[box] = sub
     return labels
@@ -292,17 +298,25 @@ def _rotation(a: float, b: float, c: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRanges()
-                      ) -> tuple[np.ndarray, int | None]:
-    """Mean intensity (0..1) of each label for one draw, and the CSF class whose level (and
-    texture) the lesion core takes, or None."""
+def tissue_order(rng: np.random.Generator, ranges: SynthRanges = SynthRanges()) -> str:
+    """The tissue order of one draw: T1 (``t1_like`` of the draws), T2 (``t2_like``) or any."""
+    draw = rng.random()
+    if draw < ranges.t1_like:
+        return T1_ORDER
+    return T2_ORDER if draw < ranges.t1_like + ranges.t2_like else ANY_ORDER
+
+
+def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRanges(),
+                      order: str | None = None) -> tuple[np.ndarray, int | None]:
+    """Mean intensity (0..1) of each label for one draw in ``order`` (drawn when None), and the
+    CSF class whose level (and texture) the lesion core takes, or None."""
     means = rng.uniform(0.0, 1.0, N_LABELS)
-    order = rng.random()
-    if order < ranges.t1_like:
+    order = tissue_order(rng, ranges) if order is None else order
+    if order == T1_ORDER:
         wm = rng.uniform(0.7, 1.0)
         levels = (wm * rng.uniform(0.05, 0.35), wm * rng.uniform(0.55, 0.85), wm)
         means[OTHER] = wm * rng.uniform(0.0, 0.3)  # bone and air: dark in a T1 scan
-    elif order < ranges.t1_like + ranges.t2_like:
+    elif order == T2_ORDER:
         csf = rng.uniform(0.7, 1.0)
         gm = csf * rng.uniform(0.4, 0.75)
         levels = (csf, gm, gm * rng.uniform(0.6, 0.9))
@@ -318,7 +332,7 @@ def label_intensities(rng: np.random.Generator, ranges: SynthRanges = SynthRange
         means[CORE] = csf + rng.uniform(-0.1, 0.1) * abs(tissue - csf)
     grey_white = [float(means[list(v)].mean()) for v in (GM, WM)]
     means[CORE] = _visible(float(means[CORE]), csf, grey_white, ranges.lesion_contrast, rng)
-    fluid = _cavity_like_csf(means, rng, ranges) if order < ranges.t1_like else None
+    fluid = _cavity_like_csf(means, rng, ranges) if order == T1_ORDER else None
     if fluid is not None:
         means[CORE] = means[fluid]
     means[RIM] = means[CORE] + rng.uniform(0.2, 0.8) * (tissue - means[CORE])
@@ -339,10 +353,11 @@ def _visible(core: float, csf: float, tissues: list[float], contrast: float,
     return next((v for v in sides if 0.0 <= v <= 1.2), (lo + hi) / 2)
 
 
-def _paint(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges) -> np.ndarray:
-    """Intensities per label, a mottled lesion (or a cavity of plain CSF), texture, and
-    partial-volume blur."""
-    means, fluid = label_intensities(rng, ranges)
+def _paint(labels: np.ndarray, rng: np.random.Generator, ranges: SynthRanges,
+           order: str | None = None) -> np.ndarray:
+    """Intensities per label in ``order`` (drawn when None), a mottled lesion (or a cavity of
+    plain CSF), texture, and partial-volume blur."""
+    means, fluid = label_intensities(rng, ranges, order)
     means = means.astype(np.float32)
     sds = rng.uniform(*ranges.texture, N_LABELS).astype(np.float32)
     sds[BACKGROUND] = 0.0
