@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mni", dest="mni", action="store_false",
                         help="leave out the MNI152 anatomy (it needs nilearn)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", dest="precision", default="bf16")
+    parser.add_argument("--dtype", dest="precision", default="auto",
+                        help="auto (default): mixed precision on a GPU, the dtype measured "
+                             "fastest on a CPU (fp32 where it has no bf16 instructions)")
     args = parser.parse_args(argv)
 
     if args.init == "default":
