@@ -138,6 +138,7 @@ def measure(model: str, size: int, crop: int, batch: int, steps: int, warmup: in
     if threads:
         torch.set_num_threads(threads)
 
+    from napari_dunet.fast import cpu_has_native_bf16
     from napari_dunet.training import engine
     from napari_dunet.training.config import TrainConfig
     from napari_dunet.training.data import prepare_case
@@ -160,9 +161,10 @@ def measure(model: str, size: int, crop: int, batch: int, steps: int, warmup: in
                                crop_size=crop or None, steps_per_epoch=warmup + steps,
                                device=device, patience=0, precision=precision)
     rates = {}
-    if device == "cpu":
-        rates = {"matmul_fp32_gflops": matmul_gflops(torch.float32),
-                 "matmul_bf16_gflops": matmul_gflops(torch.bfloat16)}
+    if device == "cpu":  # an emulated bf16 product (no bf16 instructions) takes about a minute
+        rates = {"matmul_fp32_gflops": matmul_gflops(torch.float32)}
+        if cpu_has_native_bf16():
+            rates["matmul_bf16_gflops"] = matmul_gflops(torch.bfloat16)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     times, cpu_times = [], []
@@ -245,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             row["speedup_vs_bf16_conv3d_fp32"] = base["seconds_per_step"] / row["seconds_per_step"]
             row["cpu_speedup_vs_bf16_conv3d_fp32"] = (base["cpu_seconds_per_step"]
                                                       / row["cpu_seconds_per_step"])
-        if "matmul_fp32_gflops" in row:
-            peak = row["matmul_fp32_gflops" if row["precision"] == "fp32" else "matmul_bf16_gflops"]
+        peak = row.get("matmul_fp32_gflops" if row["precision"] == "fp32" else "matmul_bf16_gflops")
+        if peak:
             row["share_of_matmul"] = row["gflops"] / peak
     if args.json:
         print(json.dumps({"cpu": cpu_name(), "load_average": load, "rows": rows}, indent=2))
