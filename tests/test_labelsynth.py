@@ -286,7 +286,8 @@ def test_ex_vacuo_widening_stays_near_the_lesion(ch2_labels, lesion):
 
 def test_tissue_loss_is_drawn_in_t1_order_draws_only(ch2_labels, lesion, monkeypatch):
     """Strands, ex-vacuo widening and cortical loss come with T1-order draws only; without them
-    nothing outside the lesion changes and the cavity is whole."""
+    nothing outside the lesion changes and the cavity is whole. T2-order draws take the larger
+    share of mostly gliotic lesions."""
     every = labelsynth.SynthRanges(ex_vacuo_mm=(5.0, 5.0), sulci_mm=(2.0, 2.0), cortical_loss=1.0,
                                    strands=1.0, gliotic=0.0)
     kept = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(4), every,
@@ -302,13 +303,17 @@ def test_tissue_loss_is_drawn_in_t1_order_draws_only(ch2_labels, lesion, monkeyp
     orders = []
     real_with_lesion, real_order = labelsynth.with_lesion, labelsynth.tissue_order
     monkeypatch.setattr(labelsynth, "with_lesion",
-                        lambda *a, **k: asked.append(k["tissue_loss"]) or real_with_lesion(*a, **k))
+                        lambda *a, **k: asked.append((k["tissue_loss"], k["gliotic"]))
+                        or real_with_lesion(*a, **k))
     monkeypatch.setattr(labelsynth, "tissue_order",
                         lambda *a: orders.append(real_order(*a)) or orders[-1])
     drawn = labelsynth.SynthRanges(painted=0.0, thick_slices=0.0)
     for seed in range(12):
         labelsynth.draw_scan(ch2_labels, lesion, np.random.default_rng(seed), drawn)
-    assert asked == [order == labelsynth.T1_ORDER for order in orders]
+    gliotic = {labelsynth.T2_ORDER: drawn.gliotic_t2}
+    assert asked == [(order == labelsynth.T1_ORDER, gliotic.get(order, drawn.gliotic))
+                     for order in orders]
+    assert drawn.gliotic_t2 > drawn.gliotic
     assert set(orders) == {labelsynth.T1_ORDER, labelsynth.T2_ORDER, labelsynth.ANY_ORDER}
 
 

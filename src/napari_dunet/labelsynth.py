@@ -86,6 +86,8 @@ class SynthRanges:
     noise: tuple[float, float] = (0.0, 0.05)  # Rician sigma, fraction of the brightest tissue
     rim_mm: tuple[float, float] = (1.0, 3.0)  # depth of the gliotic rim inside the mask
     gliotic: float = 0.3  # share of lesions mostly gliosis: their rim reaches gliotic_rim_mm deep
+    gliotic_t2: float = 0.6  # that share in T2-order draws (a chronic infarct on T2 and FLAIR:
+    # a gliotic margin several mm wide around the cavity, often most of the lesion)
     gliotic_rim_mm: tuple[float, float] = (3.0, 10.0)
     mottle: tuple[float, float] = (0.0, 0.5)  # largest pull of lesion voxels towards the tissue
     cavity_like_csf: float = 0.5  # share of T1-order draws whose cavity is exactly a CSF class
@@ -193,7 +195,9 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
         image, mask = _painted(anatomy, drawn, rng, ranges)
     else:
         order = tissue_order(rng, ranges)
-        labels = with_lesion(anatomy.labels, drawn, rng, ranges, tissue_loss=order == T1_ORDER)
+        gliotic = ranges.gliotic_t2 if order == T2_ORDER else ranges.gliotic
+        labels = with_lesion(anatomy.labels, drawn, rng, ranges, tissue_loss=order == T1_ORDER,
+                             gliotic=gliotic)
         if anatomy.has_skull and rng.random() < ranges.strip_skull:
             labels[np.isin(labels, HEAD + (OTHER,))] = BACKGROUND
         labels = _deform(labels, rng, ranges)
@@ -208,8 +212,10 @@ def draw_scan(anatomy: LabelAnatomy, lesion: np.ndarray, rng: np.random.Generato
 
 
 def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator,
-                ranges: SynthRanges = SynthRanges(), tissue_loss: bool = True) -> np.ndarray:
-    """A copy of ``labels`` with the lesion as cavity core and gliotic rim; with
+                ranges: SynthRanges = SynthRanges(), tissue_loss: bool = True,
+                gliotic: float | None = None) -> np.ndarray:
+    """A copy of ``labels`` with the lesion as cavity core and gliotic rim (mostly rim in
+    ``gliotic`` of the draws, ``ranges.gliotic`` when None); with
     ``tissue_loss``, as a chronic infarct looks on T1: ex-vacuo widening of nearby CSF spaces
     (ventricle, sulci), in some draws loss of the cortex next to it, and in some strands of
     tissue crossing the cavity (encephalomalacia); all within a box around the lesion.
@@ -232,7 +238,8 @@ def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator
     if rng.random() < ranges.cortical_loss and tissue_loss:
         sub[np.isin(sub, GM) & (outside_mm <= rng.uniform(1.0, 3.0))] = CSF[0]
     depth_mm = ndi.distance_transform_edt(les)
-    rim_mm = ranges.gliotic_rim_mm if rng.random() < ranges.gliotic else ranges.rim_mm
+    gliotic = ranges.gliotic if gliotic is None else gliotic
+    rim_mm = ranges.gliotic_rim_mm if rng.random() < gliotic else ranges.rim_mm
     sub[les] = np.where(depth_mm[les] <= rng.uniform(*rim_mm), RIM, CORE)
     if rng.random() < ranges.strands and tissue_loss:
         sub[_strands(sub == CORE, rng, ranges)] = RIM
