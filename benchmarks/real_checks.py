@@ -113,6 +113,14 @@ def t2_like(image: Volume, brain: np.ndarray) -> Volume:
     return Volume(data, image.affine, image.header, image.path)
 
 
+def save_case(folder: Path, name: str, image: Volume, mask: Volume) -> None:
+    """Write a case as ``sub-<name>_T1w`` and ``sub-<name>_mask`` (BIDS names, underscores
+    dropped), so that ``dunet segment`` / ``evaluate`` and ``choose_threshold.py`` pair them."""
+    stem = folder / f"sub-{name.replace('_', '')}"
+    save_volume(image.data, image, Path(f"{stem}_T1w.nii.gz"), dtype=np.float32, overwrite=True)
+    save_mask(mask.data, mask, Path(f"{stem}_mask.nii.gz"), overwrite=True)
+
+
 def clinical_cases(data: Path, n: int, seed: int, save_dir: Path | None, contrast: str = "t1"):
     """Yield (name, image, mask, thickness, build seconds) of the thick-slice clinical domain
     (the anatomy, built once, counts in the first case's build seconds); ``contrast="t2"``:
@@ -131,9 +139,7 @@ def clinical_cases(data: Path, n: int, seed: int, save_dir: Path | None, contras
         image, mask, thickness = thick_slices(image, mask, rng)
         name = f"clinical{'_t2' if contrast == 't2' else ''}_{lesion_id:03d}"
         if save_dir is not None:
-            save_volume(image.data, image, save_dir / f"{name}_T1w.nii.gz", dtype=image.data.dtype,
-                        overwrite=True)
-            save_mask(mask.data, mask, save_dir / f"{name}_mask.nii.gz", overwrite=True)
+            save_case(save_dir, name, image, mask)
         yield name, image, mask, thickness, time.perf_counter() - t
 
 
@@ -153,9 +159,7 @@ def carved_cases(data: Path, n: int, seed: int, save_dir: Path | None):
                                     mirror=i % 2 == 1)
         name = f"carved_{Path(path).parent.name if 'ms_t1' in path else 'ch2'}_{lesion_id:03d}"
         if save_dir is not None:
-            save_volume(image.data, image, save_dir / f"{name}_T1w.nii.gz", dtype=np.float32,
-                        overwrite=True)
-            save_mask(mask.data, mask, save_dir / f"{name}_mask.nii.gz", overwrite=True)
+            save_case(save_dir, name, image, mask)
         yield name, image, mask, params
 
 

@@ -163,7 +163,11 @@ def test_real_checks_rows(tmp_path, shared_data, tiny_model):
     for key in ("dsc", "precision", "recall"):
         assert 0 <= clinical[key] <= 1
     assert all(positive(row["seconds"]) and row["pred_ml"] >= 0 for row in r["rows"])
-    assert (tmp_path / "clinical" / "clinical_081_T1w.nii.gz").is_file()
+    from napari_dunet.io import find_cases
+
+    [case] = find_cases(tmp_path / "clinical")  # a folder dunet evaluate reads: image and mask
+    assert case.image.name == "sub-clinical081_T1w.nii.gz"
+    assert [m.name for m in case.masks] == ["sub-clinical081_mask.nii.gz"]
 
 
 def test_clinical_domain_t2_like_reverses_the_tissue_order(shared_data):
