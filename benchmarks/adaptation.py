@@ -43,7 +43,7 @@ from napari_dunet.cpu_dtype import cpu_name  # noqa: E402
 from napari_dunet.io import find_cases, load_volume  # noqa: E402
 from napari_dunet.options import TRAIN_LAYERS  # noqa: E402
 from napari_dunet.training.config import (  # noqa: E402
-    HOLD_BACK, MAX_REHEARSAL, QUICK, QUICK_REHEARSAL_PER_CASE, rehearsal_count)
+    HOLD_BACK, MAX_REHEARSAL, QUICK, QUICK_REHEARSAL_PER_CASE, TrainConfig, rehearsal_count)
 from napari_dunet.weights import default_checkpoint  # noqa: E402
 
 
@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"default {QUICK['train_layers']}")
     parser.add_argument("--lr", type=float, default=QUICK["lr"],
                         help=f"learning rate (default {QUICK['lr']:g})")
+    fraction = QUICK.get("lesion_fraction", TrainConfig.lesion_fraction)
+    parser.add_argument("--lesion-fraction", type=float, default=fraction, metavar="F",
+                        help=f"share of each batch from slices with lesion (default {fraction:g})")
     parser.add_argument("--warmup-steps", type=int, default=0, metavar="K",
                         help="linear learning-rate warm-up (default 0)")
     parser.add_argument("--seed", type=int, default=1, help="the domain's seed (default 1)")
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                "cpu": cpu_name(), "minutes": args.minutes, "hold_back": HOLD_BACK,
                "options": {k: getattr(args, k) for k in
                            ("freeze_norm", "train_layers", "lr", "warmup_steps",
-                            "rehearsal_per_case")},
+                            "lesion_fraction", "rehearsal_per_case")},
                "mixed_source_cases": [name for name, _, _ in mixed],
                "eval_cases": [name for name, _, _ in held_out],
                "source_cases": [name for name, _, _ in source],
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = fine_tune(args.weights, train_pool[:n] + mixed, minutes, out, args.device,
                                 rehearsal=rehearsal_count(n, args.rehearsal_per_case),
                                 freeze_norm=args.freeze_norm, train_layers=args.train_layers,
-                                lr=args.lr, warmup_steps=args.warmup_steps)
+                                lr=args.lr, warmup_steps=args.warmup_steps,
+                                lesion_fraction=args.lesion_fraction)
                 same = run["kept_start"]  # the starting weights: their scores are known
                 results["runs"].append({"shots": n, "minutes": minutes, **run,
                                         **(results["before"] if same else
