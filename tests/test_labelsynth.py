@@ -262,12 +262,19 @@ def test_strands_cross_the_cavity_within_the_stated_share(ch2_labels, lesion):
     assert low - 0.02 <= share <= high + 0.02
     assert np.isin(strands[lesion], [labelsynth.CORE, labelsynth.RIM]).all()  # still lesion
     assert np.array_equal(strands[~lesion], without[~lesion])  # nothing outside it changes
-    # sheets, not speckle: most strand voxels touch another strand voxel
+    # sheets, not speckle: a strand voxel shares half as many faces again with other strand
+    # voxels as a voxel of random speckle taking the same share of the same cavity does (for
+    # speckle the count is 6 x share; ~1.8x measured here at a share of 0.19)
     from scipy import ndimage as ndi
 
+    def neighbours(part: np.ndarray) -> float:
+        faces = ndi.generate_binary_structure(3, 1).astype(np.uint8)
+        count = ndi.convolve(part.astype(np.uint8), faces, mode="constant")
+        return float(count[part].mean()) - 1.0
+
     sheet = (strands == labelsynth.RIM) & cavity
-    touching = ndi.convolve(sheet.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant")
-    assert (touching[sheet] >= 3).mean() > 0.8
+    speckle = cavity & (np.random.default_rng(0).random(cavity.shape) < share)
+    assert neighbours(sheet) >= 1.5 * neighbours(speckle)
 
 
 def test_ex_vacuo_widening_stays_near_the_lesion(ch2_labels, lesion):
