@@ -273,6 +273,8 @@ def test_strands_cross_the_cavity_within_the_stated_share(ch2_labels, lesion):
         return float(count[part].mean()) - 1.0
 
     sheet = (strands == labelsynth.RIM) & cavity
+    touching = ndi.convolve(sheet.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant")
+    assert (touching[sheet] >= 3).mean() > 0.8  # most strand voxels touch two others
     speckle = cavity & (np.random.default_rng(0).random(cavity.shape) < share)
     assert neighbours(sheet) >= 1.5 * neighbours(speckle)
 
