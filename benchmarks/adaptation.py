@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"default {QUICK['train_layers']}")
     parser.add_argument("--lr", type=float, default=QUICK["lr"],
                         help=f"learning rate (default {QUICK['lr']:g})")
+    parser.add_argument("--batch-size", type=int, default=QUICK["batch_size"], metavar="B",
+                        help=f"whole slices per step (default {QUICK['batch_size']})")
     fraction = QUICK.get("lesion_fraction", TrainConfig.lesion_fraction)
     parser.add_argument("--lesion-fraction", type=float, default=fraction, metavar="F",
                         help=f"share of each batch from slices with lesion (default {fraction:g})")
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                "domain": str(args.domain) if args.domain else f"clinical-{args.contrast}",
                "cpu": cpu_name(), "minutes": args.minutes, "hold_back": HOLD_BACK,
                "options": {k: getattr(args, k) for k in
-                           ("freeze_norm", "train_layers", "lr", "warmup_steps",
+                           ("freeze_norm", "train_layers", "lr", "batch_size", "warmup_steps",
                             "lesion_fraction", "rehearsal_per_case")},
                "mixed_source_cases": [name for name, _, _ in mixed],
                "eval_cases": [name for name, _, _ in held_out],
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = fine_tune(args.weights, train_pool[:n] + mixed, minutes, out, args.device,
                                 rehearsal=rehearsal_count(n, args.rehearsal_per_case),
                                 freeze_norm=args.freeze_norm, train_layers=args.train_layers,
-                                lr=args.lr, warmup_steps=args.warmup_steps,
+                                lr=args.lr, batch_size=args.batch_size,
+                                warmup_steps=args.warmup_steps,
                                 lesion_fraction=args.lesion_fraction)
                 same = run["kept_start"]  # the starting weights: their scores are known
                 results["runs"].append({"shots": n, "minutes": minutes, **run,

@@ -57,7 +57,7 @@ def test_adaptation_benchmark_fine_tunes_and_scores(tmp_path, shared_data):
     out = tmp_path / "adapt.json"
     subprocess.run([sys.executable, str(BENCHMARKS / "adaptation.py"), "--shots", "1",
                     "--minutes", "0.02", "--eval", "1", "--rehearsal-per-case", "1",
-                    "--json", str(out),
+                    "--batch-size", "2", "--json", str(out),
                     "--plot", str(tmp_path / "adapt.png")], check=True, timeout=900,
                    capture_output=True)
     r = json.loads(out.read_text())
@@ -65,6 +65,7 @@ def test_adaptation_benchmark_fine_tunes_and_scores(tmp_path, shared_data):
     assert 0 <= r["before"]["target_dsc"] <= 1 and r["runs"][0]["shots"] == 1
     assert r["runs"][0]["epochs"] >= 1 and r["runs"][0]["stop"] == "out-of-time"
     assert r["runs"][0]["rehearsal_cases"] == 1  # one synthetic case per corrected case
+    assert r["options"]["batch_size"] == 2
     assert 0 <= r["runs"][0]["target_dsc"] <= 1
     assert (tmp_path / "adapt.png").read_bytes().startswith(b"\x89PNG")
 

@@ -104,7 +104,7 @@ def test_fine_tune_reports_progress_and_segment_uses_the_new_model(
     assert [n.split("-Subject_")[0] for n in meta["training"]["case_names"][-2:]] == [
         "rehearsal-0", "rehearsal-1"]  # each with the real lesion shape it was drawn with
     config = meta["training"]["config"]
-    assert config["max_minutes"] == 2  # the panel's default time limit (quick mode)
+    assert config["max_minutes"] == 5  # the panel's default time limit (quick mode)
     assert config["train_layers"] == "decoder" and config["crop_size"] == 16  # set in the panel
     assert widget._out.value != out  # the next run will not overwrite this model
     assert widget._start.enabled and not widget._stop.enabled
