@@ -10,7 +10,10 @@ screenshots show the network's result from the Segment lesion widget; without we
 show the sample's manual tracing in its place. Last, the Evaluate panel scores that lesion
 against the sample's manual tracing (evaluation_widget.png), and the Segment lesion panel
 writes that lesion's MNI report (guide_report_panel.png; the report's own figure as
-guide_report_mni.png, its Markdown printed; needs the report extra).
+guide_report_mni.png, its Markdown printed; needs the report extra). With ``--finetune``, the
+Fine-tune panel then runs its defaults on the sample and that tracing, as a user would
+(guide_finetune.png), Segment lesion runs again with the model in use after it, and the sample's
+DSC before and after is printed (the default run must not lower it; minutes of CPU time).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from napari_dunet import model_store
 from napari_dunet._reader import read_nifti
 from napari_dunet._sample_data import SAMPLE_MASK
 from napari_dunet._widgets.evaluate import EvaluateWidget
+from napari_dunet._widgets.finetune import FinetuneWidget
 from napari_dunet._widgets.segment import SegmentWidget, ready_to_paint
 from napari_dunet.commands.view import open_viewer
 from napari_dunet.layers import TRACING_COLORS
@@ -57,6 +61,8 @@ def in_front(panel) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="checkpoint for the lesion screenshots")
+    parser.add_argument("--finetune", action="store_true",
+                        help="also fine-tune with the panel's defaults on the sample's tracing")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
 
@@ -117,7 +123,39 @@ def main() -> None:
         shutil.copy(Path(folder) / "sub-ch2_report.png", OUT / "guide_report_mni.png")
         print((Path(folder) / "sub-ch2_report.md").read_text())
     print(f"wrote {OUT}/guide_report_panel.png, guide_report_mni.png; {report._status.value}")
+    if args.finetune:
+        [finetune] = [w for w in panels if isinstance(w, FinetuneWidget)]
+        fine_tune_on_the_sample(viewer, widget, finetune, evaluate, image, manual)
     viewer.close()
+
+
+def fine_tune_on_the_sample(viewer, segment, finetune, evaluate, image, manual) -> None:
+    """The Fine-tune panel's default run on the sample and its tracing, screenshot, and the
+    sample's DSC with the model in use before and after (a user's check)."""
+    before = evaluate.last_result.metrics
+    in_front(finetune)
+    finetune._image.value, finetune._mask.value = image, manual
+    finetune.start()
+    while finetune._runner.worker is not None:
+        settle(0.5)
+    finetune.native.verticalScrollBar().setValue(finetune.native.verticalScrollBar().maximum())
+    settle()
+    viewer.screenshot(OUT / "guide_finetune.png", canvas_only=False)
+    print(f"wrote {OUT}/guide_finetune.png; {finetune._status.value}; held back: "
+          f"{finetune._result.value}")
+    in_front(segment)
+    segment._image.value = image
+    segment.run()
+    while segment._runner.worker is not None:
+        settle(0.2)
+    lesion = viewer.layers.selection.active
+    evaluate._pred.value, evaluate._truth.value = lesion, manual
+    evaluate.evaluate()
+    while evaluate._runner.worker is not None:
+        settle(0.2)
+    after = evaluate.last_result.metrics
+    print(f"sample DSC with the model in use: before {before.dsc:.3f}, after the default "
+          f"fine-tune {after.dsc:.3f} ({model_store.current_checkpoint()})")
 
 
 if __name__ == "__main__":
