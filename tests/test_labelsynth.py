@@ -60,11 +60,7 @@ def test_mni_template_is_brain_extracted():
 
 
 def test_lesion_becomes_core_and_rim_inside_the_brain(ch2_labels, lesion):
-    """Without cortical loss (tested below: it widens the cavity into the cortex), the cavity
-    and rim are exactly the traced lesion."""
-    no_cortical_loss = labelsynth.SynthRanges(cortical_loss=0.0)
-    labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(0),
-                                    no_cortical_loss)
+    labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(0))
     assert set(np.unique(labels[lesion])) <= {labelsynth.CORE, labelsynth.RIM}
     assert (labels == labelsynth.CORE).any() and (labels == labelsynth.RIM).any()
     assert not np.isin(labels[~lesion], [labelsynth.CORE, labelsynth.RIM]).any()
@@ -205,8 +201,7 @@ def test_gliotic_lesions_are_mostly_rim(ch2_labels, lesion):
 
 def test_mottle_pulls_lesion_voxels_part_of_the_way_to_the_tissue_and_leaves_the_rest(
         ch2_labels, lesion):
-    labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(0),
-                                    labelsynth.SynthRanges(cortical_loss=0.0))
+    labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(0))
     image = np.where(np.isin(labels, [labelsynth.CORE, labelsynth.RIM]), 0.1, 0.6).astype(np.float32)
     before = image.copy()
     labelsynth._mottle(image, labels, 0.6, 0.5, np.random.default_rng(0))
@@ -296,26 +291,6 @@ def test_ex_vacuo_widening_stays_near_the_lesion(ch2_labels, lesion):
     assert grown.sum() > 2000  # the ventricle and sulci near the infarct widen
     assert distance[grown].max() < ranges.ex_vacuo_reach_mm
     assert ndi.distance_transform_edt(~csf_before)[grown].max() <= 5.0 + 1e-6
-
-
-def test_lost_cortex_next_to_the_lesion_is_fluid_inside_the_lesion_mask(ch2_labels, lesion):
-    """Cortical loss opens the cavity to the brain's surface: the lost cortex (within 3 mm of
-    the traced lesion) is drawn as cavity and counts as lesion, as a tracing on T1 takes it in."""
-    from scipy import ndimage as ndi
-
-    ranges = labelsynth.SynthRanges(ex_vacuo_mm=(0.0, 0.0), sulci_mm=(0.0, 0.0), cortical_loss=1.0,
-                                    strands=0.0)
-    labels = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(2), ranges)
-    changed = (labels != ch2_labels.labels) & ~lesion
-    assert changed.sum() > 500
-    assert np.isin(ch2_labels.labels[changed], labelsynth.GM).all()  # only cortex is lost
-    assert (labels[changed] == labelsynth.CORE).all()
-    assert ndi.distance_transform_edt(~lesion)[changed].max() <= 3.0 + 1e-6
-    kept = labelsynth.with_lesion(ch2_labels.labels, lesion, np.random.default_rng(2),
-                                  labelsynth.SynthRanges(ex_vacuo_mm=(0.0, 0.0),
-                                                         sulci_mm=(0.0, 0.0), cortical_loss=0.0,
-                                                         strands=0.0))
-    assert np.array_equal(kept[~lesion], ch2_labels.labels[~lesion])
 
 
 def test_tissue_loss_is_drawn_in_t1_order_draws_only(ch2_labels, lesion, monkeypatch):

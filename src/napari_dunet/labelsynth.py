@@ -8,8 +8,8 @@ the shape of a lesion, not one scanner's look. Every draw (``draw_scan``):
 1. a real lesion shape (optionally mirrored) becomes a cavity core and a gliotic rim in the
    anatomy's label map; in draws with T1 tissue order (drawn first, see 4) the cavity is in some
    draws crossed by strands of tissue, the nearby ventricle and sulci widen (ex vacuo) and
-   the cortex next to it is lost to the cavity, inside the lesion's mask (a share of draws
-   leaves the head lesion-free, so that whole healthy heads are seen too);
+   nearby cortex thins (a share of draws leaves the head lesion-free, so that whole healthy
+   heads are seen too);
 2. the skull and scalp labels are kept, or removed (brain-extracted scans);
 3. random affine (rotation, scaling, shift) and smooth elastic deformation, in one resampling;
 4. an intensity per label: T1-like order in many draws (CSF < GM < WM, lesion core near CSF),
@@ -100,7 +100,7 @@ class SynthRanges:
     ex_vacuo_mm: tuple[float, float] = (0.0, 5.0)  # widening of the ventricles near the lesion
     sulci_mm: tuple[float, float] = (0.0, 2.0)  # and of the sulci and cisterns near it
     ex_vacuo_reach_mm: float = 20.0  # CSF spaces this near the lesion widen
-    cortical_loss: float = 0.5  # share of draws where cortex next to the lesion joins the cavity
+    cortical_loss: float = 0.5  # share of draws where cortex next to the lesion becomes CSF
     lesion_free: float = 0.15  # share of draws without the lesion (a whole lesion-free head)
 
 
@@ -217,10 +217,8 @@ def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator
     """A copy of ``labels`` with the lesion as cavity core and gliotic rim (mostly rim in
     ``gliotic`` of the draws, ``ranges.gliotic`` when None); with
     ``tissue_loss``, as a chronic infarct looks on T1: ex-vacuo widening of nearby CSF spaces
-    (ventricle, sulci), in some draws loss of the cortex next to it (fluid, and part of the
-    lesion: the cavity opens to the brain's surface, and a tracing of the infarct on T1 takes in
-    that encephalomalacia), and in some strands of tissue crossing the cavity; all within a box
-    around the lesion.
+    (ventricle, sulci), in some draws loss of the cortex next to it, and in some strands of
+    tissue crossing the cavity (encephalomalacia); all within a box around the lesion.
     ``draw_scan`` asks for the tissue loss in T1-order draws only: drawn in every contrast it
     lost a real T2's bright infarct (training/README.md, stages 22 and 22c)."""
     labels = labels.copy()
@@ -237,14 +235,12 @@ def with_lesion(labels: np.ndarray, lesion: np.ndarray, rng: np.random.Generator
         widen = rng.uniform(*widths)
         if tissue_loss and widen > 0 and spaces.any():
             sub[near & (ndi.distance_transform_edt(~spaces) <= widen)] = CSF[0]
-    lost = np.zeros_like(les)
     if rng.random() < ranges.cortical_loss and tissue_loss:
-        lost = np.isin(sub, GM) & (outside_mm <= rng.uniform(1.0, 3.0))
+        sub[np.isin(sub, GM) & (outside_mm <= rng.uniform(1.0, 3.0))] = CSF[0]
     depth_mm = ndi.distance_transform_edt(les)
     gliotic = ranges.gliotic if gliotic is None else gliotic
     rim_mm = ranges.gliotic_rim_mm if rng.random() < gliotic else ranges.rim_mm
     sub[les] = np.where(depth_mm[les] <= rng.uniform(*rim_mm), RIM, CORE)
-    sub[lost] = CORE  # the cavity reaches the surface; a tracing on T1 takes the lost cortex in
     if rng.random() < ranges.strands and tissue_loss:
         sub[_strands(sub == CORE, rng, ranges)] = RIM
     labels[box] = sub
