@@ -58,6 +58,20 @@ def in_front(panel) -> None:
     settle()
 
 
+def finished(panel, seconds: float = 0.2) -> None:
+    """Wait for the panel's background job to end, keeping the window live."""
+    while panel._runner.worker is not None:
+        settle(seconds)
+
+
+def score(evaluate, lesion, manual):
+    """The Evaluate panel's metrics of ``lesion`` against ``manual``, as a user runs it."""
+    evaluate._pred.value, evaluate._truth.value = lesion, manual
+    evaluate.evaluate()
+    finished(evaluate)
+    return evaluate.last_result.metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="checkpoint for the lesion screenshots")
@@ -84,8 +98,7 @@ def main() -> None:
     if model_store.current_checkpoint() is not None:
         in_front(widget)
         widget.run()
-        while widget._runner.worker is not None:
-            settle(0.2)
+        finished(widget)
         source = "the network's result"
     else:
         labels = viewer.add_labels(tracing, **{**tracing_kwargs, "name": "sample T1 lesion"})
@@ -101,10 +114,7 @@ def main() -> None:
     manual.colormap = TRACING_COLORS
     viewer.layers.selection.active = lesion
     in_front(evaluate)
-    evaluate._pred.value, evaluate._truth.value = lesion, manual
-    evaluate.evaluate()
-    while evaluate._runner.worker is not None:
-        settle(0.2)
+    score(evaluate, lesion, manual)
     settle()
     viewer.screenshot(OUT / "evaluation_widget.png", canvas_only=False)
     print(f"wrote {OUT}/guide_image.png, guide_lesion.png, guide_window.png, "
@@ -115,8 +125,7 @@ def main() -> None:
     report._mask.value = lesion
     with tempfile.TemporaryDirectory() as folder:
         report.start(report.job(folder))
-        while report._runner.worker is not None:
-            settle(0.2)
+        finished(report)
         widget.native.verticalScrollBar().setValue(widget.native.verticalScrollBar().maximum())
         settle()
         viewer.screenshot(OUT / "guide_report_panel.png", canvas_only=False)
@@ -136,8 +145,7 @@ def fine_tune_on_the_sample(viewer, segment, finetune, evaluate, image, manual) 
     in_front(finetune)
     finetune._image.value, finetune._mask.value = image, manual
     finetune.start()
-    while finetune._runner.worker is not None:
-        settle(0.5)
+    finished(finetune, 0.5)
     finetune.native.verticalScrollBar().setValue(finetune.native.verticalScrollBar().maximum())
     settle()
     viewer.screenshot(OUT / "guide_finetune.png", canvas_only=False)
@@ -146,14 +154,8 @@ def fine_tune_on_the_sample(viewer, segment, finetune, evaluate, image, manual) 
     in_front(segment)
     segment._image.value = image
     segment.run()
-    while segment._runner.worker is not None:
-        settle(0.2)
-    lesion = viewer.layers.selection.active
-    evaluate._pred.value, evaluate._truth.value = lesion, manual
-    evaluate.evaluate()
-    while evaluate._runner.worker is not None:
-        settle(0.2)
-    after = evaluate.last_result.metrics
+    finished(segment)
+    after = score(evaluate, viewer.layers.selection.active, manual)
     print(f"sample DSC with the model in use: before {before.dsc:.3f}, after the default "
           f"fine-tune {after.dsc:.3f} ({model_store.current_checkpoint()})")
 
