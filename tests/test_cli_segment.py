@@ -83,6 +83,24 @@ def test_segment_a_bids_folder(tmp_path, random_checkpoint, capsys):
     assert "sub-r001s002_ses-1" in out
 
 
+def test_no_mirror_gives_the_single_pass_map(small_nifti, random_checkpoint, tmp_path, capsys):
+    """``--no-mirror`` writes the map of the unmirrored pass alone: what ``predict_volume``
+    gives with ``mirror=False``, not the default's averaged map."""
+    from napari_dunet.checkpoint import load_checkpoint
+    from napari_dunet.inference import predict_volume
+    from napari_dunet.io import load_volume
+    from napari_dunet.options import SegmentOptions
+
+    code, _, err = run(capsys, small_nifti[0], "-o", tmp_path, "--weights", random_checkpoint,
+                       "--device", "cpu", "--precision", "fp32", "--no-mirror", "--save-prob")
+    assert code == 0, err
+    written = nib.load(tmp_path / "sub-01_prob.nii.gz").get_fdata()
+    volume, model = load_volume(small_nifti[0]), load_checkpoint(random_checkpoint)[0]
+    single, averaged = (predict_volume(volume, model, SegmentOptions(
+        device="cpu", precision="fp32", mirror=mirror)) for mirror in (False, True))
+    assert np.abs(written - single).max() < 1e-3 < np.abs(written - averaged).max()
+
+
 @pytest.mark.slow
 def test_precision_option_reaches_the_network(small_nifti, random_checkpoint, tmp_path, capsys):
     probs = {}

@@ -58,3 +58,22 @@ def test_devices():
             resolve_device("cuda")
     with pytest.raises(DunetError, match="Unknown device"):
         resolve_device("tpu")
+
+
+@pytest.mark.parametrize("mirror", [True, False])
+def test_a_mirrored_scan_gives_the_mirrored_map(small_nifti, model, mirror):
+    """With the mirrored pass (the default) a lesion gets the same probability in either
+    hemisphere: the map of a left-right mirrored scan is the mirrored map. Without it an
+    untrained network's maps are not."""
+    from napari_dunet.io import Volume
+
+    loaded = load_volume(small_nifti[0])
+    assert np.allclose(loaded.affine[:3, :3], np.diag(np.diag(loaded.affine[:3, :3])))
+    # an odd width: the head is found on every other voxel, the same ones in both scans
+    volume = Volume(np.pad(loaded.data, ((0, 1), (0, 0), (0, 0))), loaded.affine)
+    mirrored = Volume(volume.data[::-1].copy(), volume.affine)
+    options = SegmentOptions(device="cpu", mirror=mirror)
+    prob = predict_volume(volume, model, options)
+    prob_of_mirrored = predict_volume(mirrored, model, options)
+    difference = np.abs(prob_of_mirrored[::-1] - prob).max()
+    assert (difference < 1e-5) if mirror else (difference > 1e-3)

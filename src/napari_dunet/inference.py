@@ -15,6 +15,11 @@ every stack in bfloat16 and runs again in float32 each stack whose map has a vox
 threshold (the mask's or its seed's, within ``MIXED_LOGIT_MARGIN`` in logits): the mask is the
 float32 mask, at about the cost of bf16 when few slices hold lesion boundaries.
 
+Mirror (``SegmentOptions.mirror``, on by default): every stack also runs left-right mirrored and
+the two maps are averaged (the mirrored one flipped back), in every path and precision; training
+draws mirrored slices, so both are the network's answer for the same anatomy, and their mean
+is steadier than either (docs/performance.md, "Mirrored pass").
+
 Runtime: on a CPU, whole volumes run in OpenVINO where it is installed (``openvino_network``,
 the ``openvino`` extra; several times faster than PyTorch there), else in PyTorch; both go
 through the same batching and precision logic.
@@ -156,13 +161,14 @@ def check_precision(precision: str) -> None:
 def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
                    batch_size: int = 16, progress: ProgressCallback | None = None,
                    cancel: CancelCallback | None = None, *, precision: Precision = "auto",
-                   channels_last: bool = False, thresholds: tuple[float, ...] = (0.5,)
-                   ) -> torch.Tensor:
+                   channels_last: bool = False, thresholds: tuple[float, ...] = (0.5,),
+                   mirror: bool = False) -> torch.Tensor:
     """Run ``model`` over ``(N, 4, H, W)`` stacks in batches; returns ``(N, H, W)`` float32 on CPU.
 
     On a CUDA out-of-memory error the batch is halved and retried, down to one stack.
     ``channels_last`` feeds the batches as NHWC (for a model from ``fast.prepare_model``);
-    ``thresholds`` are where ``precision="mixed"`` checks the bf16 maps.
+    ``thresholds`` are where ``precision="mixed"`` checks the bf16 maps; ``mirror`` averages
+    each map with that of the left-right mirrored stack.
     """
     out = torch.empty(stacks.shape[0], *stacks.shape[2:], dtype=torch.float32)
     if device.type == "cuda" and len(stacks):
@@ -176,7 +182,7 @@ def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             try:
-                probs = _forward(model, batch, device, precision, thresholds)
+                probs = _forward(model, batch, device, precision, thresholds, mirror)
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -191,18 +197,26 @@ def predict_slices(model: nn.Module, stacks: torch.Tensor, device: torch.device,
 
 
 def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, precision: Precision,
-             thresholds: tuple[float, ...]) -> torch.Tensor:
-    """One pass; under ``mixed`` the stacks with a voxel near a threshold run again in fp32."""
+             thresholds: tuple[float, ...], mirror: bool) -> torch.Tensor:
+    """One pass (``mirror``: the mean with the pass over the left-right mirrored batch); under
+    ``mixed`` the stacks whose map has a voxel near a threshold run again in fp32."""
+    layout = (torch.channels_last if batch.is_contiguous(memory_format=torch.channels_last)
+              else torch.contiguous_format)
+
+    def run(stacks: torch.Tensor, dtype: Precision) -> torch.Tensor:
+        with precision_context(device, dtype):
+            probs = model(stacks).float()
+            if mirror:
+                flipped = stacks.flip(-1).contiguous(memory_format=layout)
+                probs = (probs + model(flipped).float().flip(-1)) / 2
+        return probs
+
     if precision != "mixed":
-        with precision_context(device, precision):
-            return model(batch)
-    with precision_context(device, "bf16"):
-        probs = model(batch).float()
+        return run(batch, precision)
+    probs = run(batch, "bf16")
     unsure = near_threshold(probs, thresholds)
     if unsure.any():
-        layout = (torch.channels_last if batch.is_contiguous(memory_format=torch.channels_last)
-                  else torch.contiguous_format)
-        probs[unsure] = model(batch[unsure].contiguous(memory_format=layout)).float()
+        probs[unsure] = run(batch[unsure].contiguous(memory_format=layout), "fp32")
     return probs
 
 
@@ -228,7 +242,7 @@ def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = S
     stacks (module docstring); ``options.precision``: ``resolve_precision`` (``mixed`` keeps the
     fp32 mask at ``options.threshold``, 0.5 when None, and at ``options.seed_threshold``), then
     ``precision_context``; the plain path takes ``auto`` as it is; ``options.preprocessing``: the scheme the model was trained
-    with (None: the default). Segmenting a case: ``segmentation.segment``.
+    with (None: the default); ``options.mirror``: average with the mirrored pass (module docstring). Segmenting a case: ``segmentation.segment``.
     """
     options.check()
     device = resolve_device(options.device)
@@ -246,7 +260,7 @@ def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = S
         model = model.to(device).eval()
         probs = predict_slices(model, make_stacks(slices, range(start * f, stop * f)), device,
                                batch_size, progress, cancel, precision=precision,
-                               thresholds=thresholds)
+                               thresholds=thresholds, mirror=options.mirror)
         maps = torch.zeros_like(slices)
         maps[start * f:stop * f] = probs
         return geometry.inverse(maps)
@@ -261,7 +275,8 @@ def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = S
     ready = prepare_network(model, device, options.runtime, len(stacks))
     precision = resolve_precision(precision, device, len(stacks), ready)
     probs = _predict_nonempty(ready, stacks, device, batch_size, progress, cancel,
-                              dict(precision=precision, thresholds=thresholds))
+                              dict(precision=precision, thresholds=thresholds,
+                                   mirror=options.mirror))
     if (start, stop) == (0, n):
         return geometry.inverse(probs)
     out_geometry, out_index = geometry.slab(start, stop)

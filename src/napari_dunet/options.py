@@ -54,7 +54,9 @@ class SegmentOptions:
     inference-ready model and skip empty stacks (``inference``); False is the plain reference.
     ``precision``: one of ``PRECISIONS`` (the command line's ``--dtype``). ``preprocessing``:
     one of ``PREPROCESSING``; None: the checkpoint's. ``runtime``: one of ``RUNTIMES``
-    (the optimised path only; the plain path is always PyTorch).
+    (the optimised path only; the plain path is always PyTorch). ``mirror``: average each map
+    with the map of its left-right mirrored stack (test-time flip, as training draws mirrored
+    slices; twice the network's work).
     """
 
     device: str = "auto"
@@ -66,6 +68,7 @@ class SegmentOptions:
     optimize: bool = True
     preprocessing: str | None = None
     runtime: str = "auto"
+    mirror: bool = True
 
     def check(self) -> None:
         """Raise ``InputError`` for values segmentation cannot run with."""

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("auto", "torch", "openvino"), default="auto",
                         help="what runs the network: auto (default): OpenVINO on a CPU where it "
                              "is installed (the openvino extra), else PyTorch")
+    parser.add_argument("--no-mirror", dest="mirror", action="store_false",
+                        help="skip the left-right mirrored pass that each slice's map is "
+                             "averaged with (half the network's work, a less steady map)")
     parser.add_argument("--save-prob", action="store_true", help="also write <name>_prob.nii.gz")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="say which runtime and dtype run on this machine and why")
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     options = SegmentOptions(device=device, batch_size=args.batch_size,
                              precision=args.precision, threshold=args.threshold,
                              seed_threshold=args.seed_threshold,
-                             runtime=args.runtime)
+                             runtime=args.runtime, mirror=args.mirror)
     options.check()
     check_output_folder(args.output)
     cases = [case for item in args.inputs for case in find_cases(item)]
