@@ -242,7 +242,8 @@ def predict_volume(volume: Volume, model: nn.Module, options: SegmentOptions = S
     stacks (module docstring); ``options.precision``: ``resolve_precision`` (``mixed`` keeps the
     fp32 mask at ``options.threshold``, 0.5 when None, and at ``options.seed_threshold``), then
     ``precision_context``; the plain path takes ``auto`` as it is; ``options.preprocessing``: the scheme the model was trained
-    with (None: the default); ``options.mirror``: average with the mirrored pass (module docstring). Segmenting a case: ``segmentation.segment``.
+    with (None: the default); ``options.mirror``: average with the mirrored pass (module
+    docstring). Segmenting a case: ``segmentation.segment``.
     """
     options.check()
     device = resolve_device(options.device)
