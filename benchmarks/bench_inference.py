@@ -8,7 +8,9 @@ which is exactly that grid (or, without nilearn, a synthetic head of that shape)
 
 * fast: ``segmentation.segment`` as the CLI and the widget run it (default precision on a CPU:
   ``mixed`` or fp32, whichever ``cpu_dtype`` measured faster), end to end: read the NIfTI,
-  predict, threshold, write the mask.
+  predict, threshold, write the mask. Every path runs each stack twice, plain and left-right
+  mirrored (``SegmentOptions.mirror``, the default; ``--no-mirror``: once), and the stack
+  counts count both passes.
 * fp32, bf16: the same with the other precisions (bf16 where the device runs it natively).
 * torch: where the default runtime is OpenVINO (``openvino_network``), the default path run by
   PyTorch instead (``--runtime torch``), with the precision ``auto`` measured for it.
@@ -311,7 +313,7 @@ def run(args: argparse.Namespace) -> dict:
                      "threads": torch.get_num_threads(), "precision": args.precision,
                      "precision_resolved": default, "runtime": runtime,
                      "prepare_seconds": prepare_seconds, "weights": weights, "threshold": threshold,
-                     "seed_threshold": seed,
+                     "seed_threshold": seed, "mirror": args.mirror,
                      "cpu": cpu_name(),
                      "cpu_native_bf16": cpu_has_native_bf16(), "load_average_before": load_before}
     bf16_native = device.type == "cuda" or cpu_has_native_bf16()
@@ -322,13 +324,13 @@ def run(args: argparse.Namespace) -> dict:
         nib.save(image, path)
         out = Path(tmp) / "mask.nii.gz"
         fast_opts = dict(batch_size=args.batch_size, precision=args.precision,
-                         runtime=args.runtime)
+                         runtime=args.runtime, mirror=args.mirror)
         variant_opts = {v: dict(fast_opts, precision=v) for v in others}
         clocks = dict.fromkeys(others, prepared)
         if runtime != "pytorch" and not args.quick:
             variant_opts["torch"] = dict(fast_opts, runtime="torch")
             clocks["torch"] = prepare_model(model, device)
-        naive_opts = dict(batch_size=16, precision="fp32", optimize=False)
+        naive_opts = dict(batch_size=16, precision="fp32", optimize=False, mirror=args.mirror)
 
         # warm-up (oneDNN/cuDNN kernel selection, OpenVINO compilation)
         warm = load_volume(path)
@@ -373,6 +375,7 @@ def run(args: argparse.Namespace) -> dict:
                   if args.cohort else {})
 
     best = {dtype: max(r.values()) for dtype, r in rates.items()}
+    n *= 2 if args.mirror else 1  # the stacks a volume takes through the network
 
     def floor(run: dict) -> float:
         """Seconds the run's stacks need at the matrix-product rate of their precision."""
@@ -548,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time this NIfTI instead of the ATLAS-sized template")
     parser.add_argument("--repeats", type=int, default=1,
                         help="end-to-end runs of fast and naive, interleaved; the best counts")
+    parser.add_argument("--no-mirror", dest="mirror", action="store_false",
+                        help="one pass per stack, without the mirrored one (dunet segment "
+                             "--no-mirror)")
     parser.add_argument("--skip-peer", action="store_true", help="leave out the MONAI peer")
     parser.add_argument("--cohort", type=int, default=0, metavar="N",
                         help="also segment N scans in a row, plain and streamed (prefetch)")
