@@ -375,7 +375,7 @@ def run(args: argparse.Namespace) -> dict:
                   if args.cohort else {})
 
     best = {dtype: max(r.values()) for dtype, r in rates.items()}
-    n *= 2 if args.mirror else 1  # the stacks a volume takes through the network
+    passes = 2 if args.mirror else 1  # a volume's stacks go through the network this often
 
     def floor(run: dict) -> float:
         """Seconds the run's stacks need at the matrix-product rate of their precision."""
@@ -388,8 +388,8 @@ def run(args: argparse.Namespace) -> dict:
         naive_seconds=naive["seconds"], naive_model_seconds=naive["model"],
         volume_runs=[r["seconds"] for r in fast_runs], naive_runs=[r["seconds"] for r in naive_runs],
         speedup=naive["seconds"] / fast["seconds"], model_speedup=naive["model"] / fast["model"],
-        stacks_total=n, stacks_run=fast["stacks"], stacks_by_precision=fast["stacks_by_precision"],
-        flops_per_stack=per_stack, flops_per_volume=per_stack * n,
+        stacks_total=n * passes, stacks_run=fast["stacks"], stacks_by_precision=fast["stacks_by_precision"],
+        flops_per_stack=per_stack, flops_per_volume=per_stack * n * passes,
         flops_actually_computed=per_stack * fast["stacks"],
         matmul_flops_per_second=best["fp32"], matmul_rates=rates["fp32"],
         floor_seconds=floor(fast),

@@ -7,7 +7,7 @@ import torch
 from napari_dunet.checkpoint import load_checkpoint
 from napari_dunet.errors import Cancelled, DunetError
 from napari_dunet.inference import predict_volume, resolve_device
-from napari_dunet.io import load_volume
+from napari_dunet.io import Volume, load_volume
 from napari_dunet.options import SegmentOptions
 
 
@@ -65,8 +65,6 @@ def test_a_mirrored_scan_gives_the_mirrored_map(small_nifti, model, mirror):
     """With the mirrored pass (the default) a lesion gets the same probability in either
     hemisphere: the map of a left-right mirrored scan is the mirrored map. Without it an
     untrained network's maps are not."""
-    from napari_dunet.io import Volume
-
     loaded = load_volume(small_nifti[0])
     assert np.allclose(loaded.affine[:3, :3], np.diag(np.diag(loaded.affine[:3, :3])))
     # an odd width: the head is found on every other voxel, the same ones in both scans
