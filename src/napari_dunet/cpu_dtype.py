@@ -20,13 +20,13 @@ import copy
 import json
 import platform
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .fast import cpu_has_native_bf16, to_channels_last, use_depth_tap_convolutions
+from .fast import (cpu_has_native_bf16, to_channels_last, use_depth_tap_convolutions,
+                   warn_if_bf16_emulated)
 
 #: bf16 must take at most this share of fp32's time to be chosen: ``mixed`` also reruns the
 #: stacks near the threshold in fp32 (a few percent of a volume's stacks)
@@ -131,8 +131,7 @@ def training_precision(model: nn.Module, precision: str) -> str:
     if precision == "auto":
         precision = measured_dtype(model, TRAINING_MEASURE_SIZE, training=True)["dtype"]
     if precision in ("bf16", "mixed"):
-        if not cpu_has_native_bf16():
-            warnings.warn("this CPU has no bf16 instructions: bf16 training will be slow")
+        warn_if_bf16_emulated("bf16 training")
         use_depth_tap_convolutions(model)
     to_channels_last(model)
     return precision

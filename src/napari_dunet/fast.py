@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import sys
 import threading
+import warnings
 import weakref
 from functools import lru_cache
 
@@ -217,3 +218,11 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return False
+
+
+def warn_if_bf16_emulated(job: str) -> None:
+    """Warn that ``job`` (e.g. "bf16 training") will be slow where this CPU has no bf16
+    instructions (about a hundred times slower than fp32 on a 2-core AVX2 AMD EPYC)."""
+    if not cpu_has_native_bf16():
+        warnings.warn(f"this CPU has no bf16 instructions: {job} runs emulated, far slower than "
+                      f"fp32 (--dtype fp32 or auto)", RuntimeWarning, stacklevel=3)

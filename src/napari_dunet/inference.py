@@ -41,7 +41,7 @@ from torch import nn
 
 from . import options as names
 from .errors import Cancelled, DunetError, InputError
-from .fast import prepare_model
+from .fast import prepare_model, warn_if_bf16_emulated
 from .io import Volume
 from .options import SegmentOptions
 from .preprocessing import DEFAULT_SCHEME, STACK_OFFSETS, make_stacks, preprocess
@@ -104,8 +104,11 @@ def resolve_precision(precision: Precision, device: torch.device, n_stacks: int,
                       model: nn.Module) -> Precision:
     """What ``auto`` means for ``predict_volume`` with ``model`` (inference-ready): on a CPU,
     for runs of at least ``MIXED_MIN_STACKS`` stacks, the dtype measured fastest on this
-    machine (``cpu_dtype``: ``mixed`` or ``fp32``), else ``fp32``; on GPUs autocast (``auto``)."""
+    machine (``cpu_dtype``: ``mixed`` or ``fp32``), else ``fp32``; on GPUs autocast (``auto``).
+    Warns when ``bf16`` or ``mixed`` asks PyTorch for bf16 on a CPU that would emulate it."""
     check_precision(precision)
+    if device.type == "cpu" and precision in ("bf16", "mixed") and not hasattr(model, "runtime"):
+        warn_if_bf16_emulated(f"{precision} inference in PyTorch")  # OpenVINO picks its own
     if precision != "auto" or device.type != "cpu":
         return precision
     if n_stacks < MIXED_MIN_STACKS:
