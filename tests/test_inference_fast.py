@@ -157,7 +157,7 @@ def test_cancel_and_progress_with_skipped_stacks(model):
 
 def test_bf16_runs_close_to_fp32(model):
     volume = head_volume("RAS")
-    # one stack, one pass: a CPU without bf16 instructions emulates it (about a minute a stack)
+    # one stack, one pass: a CPU without bf16 instructions emulates it (~150 s a stack on AVX2)
     run = dict(device="cpu", slice_range=(5, 6), mirror=False)
     fp32 = predict_volume(volume, model, SegmentOptions(**run))
     bf16 = predict_volume(volume, model, SegmentOptions(precision="bf16", **run))
